@@ -1,0 +1,116 @@
+"""JobStore over Firestore. State changes are optimistic writes preconditioned on the document's
+update time (lock-free: the emulator's transaction locks time out under concurrency)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from jobs.errors import DependencyUnavailable
+from jobs.models import JobMessage, JobRecord
+from jobs.ports import Mutation
+
+log = logging.getLogger(__name__)
+
+JOBS = "jobs"
+REQUEST_SUBCOLLECTION = "request"  # jobs/{id}/request/body: the durable copy of the request
+_UPDATE_ATTEMPTS = 8
+_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
+                gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
+
+
+def _document(record: JobRecord) -> dict[str, Any]:
+    doc = record.model_dump(mode="python")
+    doc["status"] = record.status.value
+    return doc
+
+
+class FirestoreJobStore:
+    def __init__(self, client: firestore.Client, *, collection: str = JOBS) -> None:
+        self._client = client
+        self._jobs = client.collection(collection)
+
+    def create(self, record: JobRecord, message: JobMessage) -> bool:
+        ref = self._jobs.document(record.id)
+        batch = self._client.batch()
+        batch.create(ref, _document(record))
+        batch.create(
+            ref.collection(REQUEST_SUBCOLLECTION).document("body"),
+            {"message": message.model_dump_json(), "expire_at": record.expire_at},
+        )
+        try:
+            batch.commit()
+        except gexc.Conflict:  # AlreadyExists: the idempotency key was used before
+            return False
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+        return True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        try:
+            snapshot = self._jobs.document(job_id).get()
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+        return JobRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
+
+    def get_message(self, job_id: str) -> JobMessage | None:
+        try:
+            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get()
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+        return JobMessage.model_validate_json(snapshot.get("message")) if snapshot.exists else None
+
+    def delete(self, job_id: str) -> None:
+        ref = self._jobs.document(job_id)
+        batch = self._client.batch()
+        batch.delete(ref.collection(REQUEST_SUBCOLLECTION).document("body"))
+        batch.delete(ref)
+        try:
+            batch.commit()
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+
+    def update(self, job_id: str, mutate: Mutation) -> tuple[JobRecord | None, bool]:
+        ref = self._jobs.document(job_id)
+        try:
+            for _ in range(_UPDATE_ATTEMPTS):
+                snapshot = ref.get()
+                if not snapshot.exists:
+                    return None, False
+                current = JobRecord.model_validate(snapshot.to_dict())
+                new = mutate(current)
+                if new is None:
+                    return current, False
+                before, after = _document(current), _document(new)
+                changes = {k: v for k, v in after.items() if before.get(k) != v}
+                try:
+                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time))
+                    return new, True
+                except (gexc.FailedPrecondition, gexc.NotFound):
+                    continue  # changed (or deleted) under us: decide again on the fresh state
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+        raise DependencyUnavailable(f"job {job_id} is changing too often to update; retry")
+
+    def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
+        finished = threading.Event()
+        latest: list[JobRecord] = []
+
+        def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+            for snapshot in snapshots:
+                if snapshot.exists:
+                    record = JobRecord.model_validate(snapshot.to_dict())
+                    latest.append(record)
+                    if record.status.is_final:
+                        finished.set()
+
+        watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
+        try:
+            finished.wait(timeout)
+        finally:
+            watch.unsubscribe()
+        return latest[-1] if latest else None

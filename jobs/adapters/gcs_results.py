@@ -1,0 +1,30 @@
+"""ResultStore over Cloud Storage: one object per job at a deterministic name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+from jobs.errors import DependencyUnavailable
+
+
+def result_object_name(job_id: str) -> str:
+    return f"results/{job_id}.json"
+
+
+class GcsResultStore:
+    def __init__(self, client: storage.Client, *, bucket: str) -> None:
+        self._bucket = client.bucket(bucket)
+
+    def write_result(self, job_id: str, body: dict[str, Any]) -> str:
+        name = result_object_name(job_id)
+        try:
+            self._bucket.blob(name).upload_from_string(
+                json.dumps(body, ensure_ascii=False), content_type="application/json"
+            )
+        except (gexc.GoogleAPICallError, gexc.RetryError, OSError) as err:
+            raise DependencyUnavailable("the result store is unavailable") from err
+        return f"gs://{self._bucket.name}/{name}"

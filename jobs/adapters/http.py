@@ -1,0 +1,110 @@
+"""The HTTP edge shared by the submit and status functions (Flask, as functions-framework gives it):
+reading a JSON body within limits, the one mapping from errors to responses, and the API document."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import flask
+import yaml
+from pydantic import ValidationError
+
+from jobs.errors import InvalidRequest, PayloadTooLarge, PlatformError, UnsupportedMediaType
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 32
+
+# The API document sits at the repo root, and beside main.py in a deployed function's archive.
+_OPENAPI_CANDIDATES = ("openapi.yaml", "../openapi.yaml", "../../openapi.yaml")
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:
+    return flask.Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers,
+                          mimetype="application/json")
+
+
+def error_response(err: PlatformError) -> flask.Response:
+    headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+    return json_response(err.to_body(), err.status, headers)
+
+
+def read_json_body(request: flask.Request, *, max_bytes: int) -> Any:
+    """The parsed JSON body. Raises PayloadTooLarge (checked before reading), UnsupportedMediaType,
+    InvalidRequest (empty, not UTF-8, not JSON, too deeply nested)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"the body must be at most {max_bytes} bytes")
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    raw = request.stream.read(max_bytes + 1)  # bounded even when chunked, without Content-Length
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"the body must be at most {max_bytes} bytes")
+    if not raw:
+        raise InvalidRequest("the body is empty; a JSON object is required", code="invalid_json")
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InvalidRequest("the body is not valid UTF-8", code="invalid_json") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise InvalidRequest(f"the body is not valid JSON: {_short(err)}", code="invalid_json") from err
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+    return body
+
+
+def validation_error(err: ValidationError) -> InvalidRequest:
+    """Field-level details for a pydantic error; an unknown field is `unsupported_parameter`, as OpenAI says."""
+    details: list[dict[str, Any]] = []
+    for e in err.errors(include_url=False, include_input=False):
+        field = _field_path(e["loc"])
+        code = "unsupported_parameter" if e["type"] == "extra_forbidden" else e["type"]
+        message = f"unrecognised request argument: {field}" if code == "unsupported_parameter" else e["msg"]
+        details.append({"field": field or None, "code": code, "message": message})
+    unsupported = [d for d in details if d["code"] == "unsupported_parameter"]
+    if unsupported:
+        names = ", ".join(str(d["field"]) for d in unsupported)
+        return InvalidRequest(f"unrecognised request argument(s): {names}", code="unsupported_parameter",
+                              details=details)
+    return InvalidRequest("the request body is invalid", details=details)
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    for candidate in _OPENAPI_CANDIDATES:
+        for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+            path = (base / candidate).resolve()
+            if path.is_file():
+                return yaml.safe_load(path.read_text())
+    raise FileNotFoundError("openapi.yaml not found")
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("str", "list[constrained-str]", "constrained-str", "function-after[_check_shape()]"):
+            continue  # pydantic's union branch names are not fields
+        elif isinstance(part, str) and "[" in part and "]" in part:
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_JSON_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _short(err: Exception) -> str:
+    return str(err)[:200]

@@ -1,0 +1,39 @@
+"""Publisher over Pub/Sub. Production uses one topic; the local stack may spread jobs over several
+(the emulator pushes only 2 requests at a time per subscription), chosen by a hash of the job id."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import zlib
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import pubsub_v1
+
+from jobs.errors import DependencyUnavailable
+from jobs.models import JobMessage
+
+
+class PubSubPublisher:
+    def __init__(self, client: pubsub_v1.PublisherClient, *, project: str, topics: list[str], timeout: float) -> None:
+        if not topics:
+            raise ValueError("at least one topic is needed")
+        self._client = client
+        self._topic_paths = [client.topic_path(project, t) for t in topics]
+        self._timeout = timeout
+
+    def topic_for(self, job_id: str) -> str:
+        return self._topic_paths[zlib.crc32(job_id.encode()) % len(self._topic_paths)]
+
+    def publish(self, message: JobMessage) -> str:
+        future = self._client.publish(
+            self.topic_for(message.job_id),
+            message.model_dump_json().encode(),
+            retry=Retry(timeout=self._timeout),
+            timeout=self._timeout,
+            **message.attributes(),
+        )
+        try:
+            return str(future.result(timeout=self._timeout + 1))
+        except (gexc.GoogleAPICallError, gexc.RetryError, concurrent.futures.TimeoutError, TimeoutError) as err:
+            raise DependencyUnavailable("the job queue is unavailable") from err

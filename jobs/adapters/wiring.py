@@ -1,0 +1,26 @@
+"""Builds the API's JobService from settings, once per process, on first use."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from jobs.adapters.clients import firestore_client, publisher_client
+from jobs.adapters.firestore_store import FirestoreJobStore
+from jobs.adapters.pubsub_publisher import PubSubPublisher
+from jobs.logs import configure_logging
+from jobs.service import JobService
+from jobs.settings import api_settings
+
+
+@lru_cache(maxsize=1)
+def job_service() -> JobService:
+    configure_logging()
+    settings = api_settings()
+    return JobService(
+        store=FirestoreJobStore(firestore_client(settings.project, settings.database)),
+        publisher=PubSubPublisher(
+            publisher_client(), project=settings.project, topics=settings.topics,
+            timeout=settings.publish_timeout_seconds,
+        ),
+        catalog=settings.catalog,
+    )

@@ -1,0 +1,90 @@
+"""One error taxonomy for the whole platform, and the one place that maps it to HTTP.
+
+API errors carry their HTTP status; runner-side errors say whether a delivery should be retried
+(nack) or whether the job failed for good (ack, job marked failed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PlatformError(Exception):
+    """Base of every error that reaches a client. `code` is snake_case and stable."""
+
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        if code is not None:
+            self.code = code
+
+    def to_body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class InvalidRequest(PlatformError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthenticated(PlatformError):
+    status, code = 401, "unauthenticated"
+
+
+class Forbidden(PlatformError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(PlatformError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(PlatformError):
+    status, code = 405, "method_not_allowed"
+
+
+class IdempotencyConflict(PlatformError):
+    status, code = 409, "idempotency_key_reused"
+
+
+class PayloadTooLarge(PlatformError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(PlatformError):
+    status, code = 415, "unsupported_media_type"
+
+
+class QuotaExceeded(PlatformError):
+    status, code = 429, "quota_exceeded"
+
+
+class DependencyUnavailable(PlatformError):
+    """A backing service (Firestore, Pub/Sub, GCS) failed; nothing half-written was left behind."""
+
+    status, code = 503, "unavailable"
+
+
+# --- Runner side: what a push delivery's outcome means for the ack protocol. ---
+
+
+class RetryableError(Exception):
+    """Transient: answer 429/503 so Pub/Sub redelivers after backoff. The job stays as it was."""
+
+    def __init__(self, message: str, *, retry_after: float = 10.0, status: int = 503) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (invalid at the runner, prompt too long, unknown model):
+    mark it failed with this code and acknowledge the delivery."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,108 @@
+"""Pure decisions about a job's life: claim, finish, fail, cancel.
+
+Each function takes the current document and returns the new one (or says why not); adapters apply
+them with a precondition, so the decisions are race-free wherever they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+
+from jobs.models import JobErrorInfo, JobRecord, Usage
+from jobs.state import JobStatus, transition
+
+
+class ClaimOutcome(Enum):
+    CLAIMED = "claimed"  # this delivery now holds the lease: generate
+    FINISHED = "finished"  # nothing left to do: acknowledge
+    LEASED = "leased"  # another live delivery holds it: ask for redelivery later
+
+
+@dataclass(frozen=True)
+class ClaimDecision:
+    outcome: ClaimOutcome
+    record: JobRecord | None = None  # the claimed document, for CLAIMED
+    retry_after: float = 0.0  # for LEASED: seconds until the other lease expires
+
+
+def decide_claim(record: JobRecord, *, owner: str, now: datetime, lease_seconds: float) -> ClaimDecision:
+    if record.status.is_final:
+        return ClaimDecision(ClaimOutcome.FINISHED)
+    if record.status is JobStatus.RUNNING and record.lease_owner != owner:
+        expires = record.lease_expires_at
+        if expires is not None and expires > now:
+            return ClaimDecision(ClaimOutcome.LEASED, retry_after=(expires - now).total_seconds())
+    claimed = record.model_copy(
+        update={
+            "status": transition(record.status, JobStatus.RUNNING),
+            "started_at": record.started_at or now,
+            "attempts": record.attempts + 1,
+            "lease_owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+        }
+    )
+    return ClaimDecision(ClaimOutcome.CLAIMED, record=claimed)
+
+
+def holds_lease(record: JobRecord, owner: str) -> bool:
+    return record.status is JobStatus.RUNNING and record.lease_owner == owner
+
+
+@dataclass(frozen=True)
+class Completion:
+    output: str
+    finish_reason: str
+    usage: Usage
+    result_uri: str
+    metrics: dict[str, float]
+
+
+def complete(record: JobRecord, *, owner: str, now: datetime, completion: Completion) -> JobRecord | None:
+    """`running` → `succeeded`, only for the lease holder (None otherwise: someone else owns it)."""
+    if not holds_lease(record, owner):
+        return None
+    return record.model_copy(
+        update={
+            "status": transition(record.status, JobStatus.SUCCEEDED),
+            "finished_at": now,
+            "output": completion.output,
+            "finish_reason": completion.finish_reason,
+            "usage": completion.usage,
+            "result_uri": completion.result_uri,
+            "metrics": {**record.metrics, **completion.metrics},
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+    )
+
+
+def fail(record: JobRecord, *, now: datetime, code: str, message: str, owner: str | None = None) -> JobRecord | None:
+    """Mark failed. With `owner`, only while that delivery holds the lease; finished jobs stay as they are."""
+    if record.status.is_final or (owner is not None and not holds_lease(record, owner)):
+        return None
+    return record.model_copy(
+        update={
+            "status": transition(record.status, JobStatus.FAILED),
+            "finished_at": now,
+            "error": JobErrorInfo(code=code, message=message),
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+    )
+
+
+def cancel(record: JobRecord, *, now: datetime) -> JobRecord | None:
+    """Cancel a queued or running job; a finished job is left unchanged (None)."""
+    if record.status.is_final:
+        return None
+    return record.model_copy(
+        update={
+            "status": transition(record.status, JobStatus.CANCELLED),
+            "finished_at": now,
+            "finish_reason": "cancelled",
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+    )

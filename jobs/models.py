@@ -1,0 +1,210 @@
+"""Request and job models: the OpenAI-compatible request, the job record (the Firestore document)
+and the job view returned over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from jobs.engine import ChatTurn, GenerationRequest, SamplingOptions
+from jobs.state import JobStatus
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_MESSAGES = 256
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_LENGTH = 256
+MAX_METADATA_PAIRS = 16  # OpenAI's limits for metadata
+MAX_METADATA_VALUE = 512
+MIN_TTL_SECONDS, MAX_TTL_SECONDS = 60, 30 * 86400
+DEFAULT_TTL_SECONDS = 86400
+DEFAULT_MAX_TOKENS = 256
+
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
+StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH)]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class JobRequest(BaseModel):
+    """The body of POST /v1/jobs. Strict: wrong types are rejected, not coerced, and an unknown
+    field is an error (as OpenAI answers unrecognised arguments)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=MAX_MESSAGES)
+    prompt: str | None = Field(default=None, min_length=1)
+    model: str | None = None
+    max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: StopString | list[StopString] | None = Field(default=None)
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    stream: bool = False
+    priority: Literal["interactive", "batch"] = "interactive"
+    metadata: dict[MetadataKey, MetadataValue] | None = None
+    ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
+    idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> JobRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("exactly one of 'messages' and 'prompt' is required")
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences")
+        if self.metadata is not None and len(self.metadata) > MAX_METADATA_PAIRS:
+            raise ValueError(f"'metadata' takes at most {MAX_METADATA_PAIRS} pairs")
+        return self
+
+    @property
+    def kind(self) -> Literal["chat", "completion"]:
+        return "chat" if self.messages is not None else "completion"
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def body_hash(self) -> str:
+        """Hash of the canonical body (defaults filled, the idempotency key left out): the same
+        request sent twice hashes the same, whatever its key order or omitted defaults."""
+        canonical = json.dumps(
+            self.model_dump(mode="json", exclude={"idempotency_key"}),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def to_generation(self, request_id: str, *, max_tokens: int | None = None) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=request_id,
+            prompt=self.prompt,
+            messages=[ChatTurn(m.role, m.content) for m in self.messages] if self.messages else None,
+            sampling=SamplingOptions(
+                max_tokens=max_tokens or self.max_tokens,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                stop=self.stop_sequences,
+                seed=self.seed,
+            ),
+            priority=0 if self.priority == "interactive" else 1,
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class JobErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class JobRecord(BaseModel):
+    """The Firestore document `jobs/{id}`. Times are timezone-aware datetimes (Firestore Timestamps).
+
+    The prompt is not here: listeners receive the whole document on every change, so the request
+    travels in the Pub/Sub message, with a durable copy in `jobs/{id}/request/body`.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    tenant: str
+    status: JobStatus
+    model: str
+    kind: Literal["chat", "completion"]
+    priority: Literal["interactive", "batch"]
+    stream: bool = False
+    created_at: datetime
+    expire_at: datetime
+    request_hash: str
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    output: str | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    result_uri: str | None = None
+    error: JobErrorInfo | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    # The delivery that holds the job while running, and until when (see the lease in runner/).
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        return self.model_dump(mode="python", exclude_none=False)
+
+    def view(self) -> JobView:
+        return JobView(
+            id=self.id,
+            status=self.status,
+            model=self.model,
+            priority=self.priority,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            expire_at=self.expire_at,
+            attempts=self.attempts,
+            output=self.output,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            result_uri=self.result_uri,
+            error=self.error,
+            metadata=self.metadata,
+            metrics=self.metrics,
+        )
+
+
+class JobView(BaseModel):
+    """What clients see (HTTP): the document without internal fields; times in RFC 3339."""
+
+    object: Literal["job"] = "job"
+    id: str
+    status: JobStatus
+    model: str
+    priority: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expire_at: datetime
+    attempts: int
+    output: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    result_uri: str | None
+    error: JobErrorInfo | None
+    metadata: dict[str, str]
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class JobMessage(BaseModel):
+    """The Pub/Sub message body: everything the runner needs, so claiming costs one read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    tenant: str
+    model: str
+    request: JobRequest
+
+    def attributes(self) -> dict[str, str]:
+        # Attributes let subscriptions filter by model (one runner service per model).
+        return {"job_id": self.job_id, "model": self.model, "priority": self.request.priority}

@@ -1,0 +1,48 @@
+"""Ports: what the domain needs from storage and messaging. Adapters in `jobs.adapters` implement
+them over Firestore, Pub/Sub and Cloud Storage; every method may raise DependencyUnavailable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from jobs.models import JobMessage, JobRecord
+
+# A pure function from the current document to the new one, or None for "no change".
+Mutation = Callable[[JobRecord], JobRecord | None]
+
+
+class JobStore(Protocol):
+    def create(self, record: JobRecord, message: JobMessage) -> bool:
+        """Create `jobs/{id}` and its request copy atomically. False if the id already exists."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job and its request copy (undo of a submit whose publish failed)."""
+        ...
+
+    def update(self, job_id: str, mutate: Mutation) -> tuple[JobRecord | None, bool]:
+        """Apply `mutate` to the current document with a precondition on its update time,
+        re-reading and re-applying on a concurrent change. Returns (document after, changed);
+        (None, False) if the job does not exist."""
+        ...
+
+    def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Watch the document (a listener, not polling) until it is final or `timeout` passes;
+        return the last state seen."""
+        ...
+
+
+class Publisher(Protocol):
+    def publish(self, message: JobMessage) -> str:
+        """Publish and wait for the server's ack; return the message id."""
+        ...
+
+
+class ResultStore(Protocol):
+    def write_result(self, job_id: str, body: dict[str, Any]) -> str:
+        """Write `results/<job id>.json` (overwriting: a retried finish replaces, never duplicates)
+        and return its gs:// URI."""
+        ...

@@ -1,0 +1,1 @@
+"""The job runner: pulls jobs and serves them with an LLM engine."""

@@ -1,0 +1,242 @@
+"""One push delivery of one job: claim under a lease, generate, write the result, finish.
+
+The outcome is the ack protocol (CONTRACT §5): Ack (2xx: done or nothing to do) or Retry
+(429/503: Pub/Sub redelivers later). Every store call runs in a worker thread (the Google clients
+are synchronous) so the event loop keeps feeding the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import anyio
+
+from jobs import lifecycle
+from jobs.engine import Engine, FinishReason, GenerationUpdate, PromptTooLong
+from jobs.errors import DependencyUnavailable
+from jobs.lifecycle import ClaimDecision, ClaimOutcome, Completion
+from jobs.models import JobMessage, JobRecord, Usage
+from jobs.ports import JobStore, ResultStore
+from jobs.results import document_output, openai_response
+from jobs.service import utcnow
+from runner.settings import RunnerSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # HTTP status answered to Pub/Sub
+    reason: str
+    retry_after: float | None = None
+
+    @classmethod
+    def ack(cls, reason: str) -> Outcome:
+        return cls(200, reason)
+
+    @classmethod
+    def retry(cls, reason: str, *, status: int = 503, after: float = 5.0) -> Outcome:
+        return cls(status, reason, retry_after=max(1.0, after))
+
+
+class JobProcessor:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        results: ResultStore,
+        engine: Engine,
+        settings: RunnerSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._results = results
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        self._inflight = 0
+        self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def process(self, message: JobMessage) -> Outcome:
+        # Backpressure: answer 429 at once rather than queue past the ack deadline.
+        if self._inflight >= self._settings.max_inflight:
+            return Outcome.retry("runner saturated", status=429, after=2)
+        self._inflight += 1
+        try:
+            return await self._process(message, owner=f"delivery-{uuid.uuid4().hex[:16]}")
+        except DependencyUnavailable as err:
+            log.warning("dependency unavailable; asking for redelivery: %s", err, extra={"job_id": message.job_id})
+            return Outcome.retry("dependency unavailable")
+        finally:
+            self._inflight -= 1
+
+    async def reject(self, job_id: str, reason: str) -> Outcome:
+        """A message that can never be processed: mark its job failed and acknowledge."""
+        try:
+            now = self._clock()
+            await self._call(
+                self._store.update, job_id,
+                lambda current: lifecycle.fail(current, now=now, code="invalid_message", message=reason),
+            )
+        except DependencyUnavailable:
+            return Outcome.retry("dependency unavailable")
+        return Outcome.ack("rejected: invalid message")
+
+    async def _process(self, message: JobMessage, *, owner: str) -> Outcome:
+        job_id = message.job_id
+        decision = await self._claim(job_id, owner)
+        if decision is None:
+            # No document: expired by TTL, or the submit was undone after its publish failed.
+            return Outcome.ack("no such job")
+        if decision.outcome is ClaimOutcome.FINISHED:
+            return Outcome.ack("already finished")
+        if decision.outcome is ClaimOutcome.LEASED:
+            return Outcome.retry("held by another delivery", status=429, after=decision.retry_after)
+        record = decision.record
+        assert record is not None
+        log.info("claimed", extra={"job_id": job_id, "delivery": owner, "attempt": record.attempts})
+
+        try:
+            update, timings = await self._generate(message, record, owner)
+            return await self._finish(record, owner, update, timings)
+        except PromptTooLong as err:
+            await self._fail(job_id, owner, "context_length_exceeded", str(err))
+            return Outcome.ack("failed: prompt too long")
+        except BaseException:
+            # Retryable trouble, a dead engine or shutdown: hand the job back at once rather than
+            # at lease expiry, so the redelivery can take it over.
+            with contextlib.suppress(Exception):
+                await self._release(job_id, owner)
+            raise
+
+    async def _claim(self, job_id: str, owner: str) -> ClaimDecision | None:
+        decisions: list[ClaimDecision] = []
+
+        def mutate(current: JobRecord) -> JobRecord | None:
+            decision = lifecycle.decide_claim(
+                current, owner=owner, now=self._clock(), lease_seconds=self._settings.lease_seconds
+            )
+            decisions.append(decision)
+            return decision.record
+
+        record, _ = await self._call(self._store.update, job_id, mutate)
+        return decisions[-1] if record is not None else None
+
+    async def _generate(
+        self, message: JobMessage, record: JobRecord, owner: str
+    ) -> tuple[GenerationUpdate, dict[str, float]]:
+        request = message.request.to_generation(f"{record.id}.{owner}")
+        started = time.monotonic()
+        first_token_at: float | None = None
+        last: GenerationUpdate | None = None
+        renewer = asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))
+        try:
+            async with asyncio.timeout(self._settings.generation_timeout_seconds):
+                async for update in self._engine.generate(request):
+                    if first_token_at is None and update.completion_tokens > 0:
+                        first_token_at = time.monotonic()
+                    last = update
+        except TimeoutError:
+            # The per-job budget is spent: keep what was generated, as a length stop.
+            if last is None:
+                raise DependencyUnavailable("generation produced nothing within its time budget") from None
+            last = GenerationUpdate(last.text, last.prompt_tokens, last.completion_tokens, FinishReason.LENGTH)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        assert last is not None
+        elapsed = time.monotonic() - started
+        timings = {
+            "queue_seconds": (record.started_at - record.created_at).total_seconds() if record.started_at else 0.0,
+            "generation_seconds": round(elapsed, 4),
+            "time_to_first_token_seconds": round((first_token_at or time.monotonic()) - started, 4),
+            "tokens_per_second": round(last.completion_tokens / elapsed, 2) if elapsed > 0 else 0.0,
+        }
+        return last, timings
+
+    async def _keep_lease(self, job_id: str, owner: str, request_id: str) -> None:
+        """Renew the lease while generating; if it was lost (cancelled, taken over), abort."""
+        interval = self._settings.lease_seconds / 3
+
+        def renew(current: JobRecord) -> JobRecord | None:
+            if not lifecycle.holds_lease(current, owner):
+                return None
+            expires = self._clock() + timedelta(seconds=self._settings.lease_seconds)
+            return current.model_copy(update={"lease_expires_at": expires})
+
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                record, changed = await self._call(self._store.update, job_id, renew)
+            except DependencyUnavailable:
+                continue  # the lease still has two intervals left; try again
+            if record is None or not changed:
+                log.info("lease lost; aborting generation", extra={"job_id": job_id, "delivery": owner})
+                await self._engine.abort(request_id)
+                return
+
+    async def _finish(
+        self, record: JobRecord, owner: str, update: GenerationUpdate, timings: dict[str, float]
+    ) -> Outcome:
+        usage = Usage(
+            prompt_tokens=update.prompt_tokens,
+            completion_tokens=update.completion_tokens,
+            total_tokens=update.prompt_tokens + update.completion_tokens,
+        )
+        finish_reason = (update.finish_reason or FinishReason.STOP).value
+        if update.finish_reason is FinishReason.ABORT:
+            return Outcome.ack("aborted: lease lost")
+        body = openai_response(
+            response_id=record.id, kind=record.kind, model=record.model, created=record.created_at,
+            text=update.text, finish_reason=finish_reason, usage=usage,
+        )
+        body["timings"] = timings
+        uri = await self._call(self._results.write_result, record.id, body)
+        completion = Completion(
+            output=document_output(update.text), finish_reason=finish_reason, usage=usage,
+            result_uri=uri, metrics=timings,
+        )
+        now = self._clock()
+        _, changed = await self._call(
+            self._store.update, record.id,
+            lambda current: lifecycle.complete(current, owner=owner, now=now, completion=completion),
+        )
+        log.info("finished" if changed else "lease lost before finish; result dropped",
+                 extra={"job_id": record.id, "delivery": owner, "outcome": finish_reason})
+        return Outcome.ack("succeeded" if changed else "lease lost")
+
+    async def _fail(self, job_id: str, owner: str, code: str, message: str) -> None:
+        now = self._clock()
+        await self._call(
+            self._store.update, job_id,
+            lambda current: lifecycle.fail(current, now=now, code=code, message=message, owner=owner),
+        )
+        log.info("failed permanently", extra={"job_id": job_id, "delivery": owner, "outcome": code})
+
+    async def _release(self, job_id: str, owner: str) -> None:
+        """Let the next delivery take the job over at once."""
+        now = self._clock()
+
+        def release(current: JobRecord) -> JobRecord | None:
+            if not lifecycle.holds_lease(current, owner):
+                return None
+            return current.model_copy(update={"lease_expires_at": now})
+
+        await self._call(self._store.update, job_id, release)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)

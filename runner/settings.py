@@ -1,0 +1,39 @@
+"""Runner settings, read once from LLMQ_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", protected_namespaces=())
+
+    project: str = "local-project"
+    database: str = "(default)"
+    results_bucket: str = "llmq-results"
+
+    engine: Literal["transformers", "vllm"] = "transformers"
+    model_path: str = ".local/models/tiny"  # a local folder or a GCS FUSE mount
+    model_name: str = "tiny-llama"  # the name clients use in `model`
+    device: str = "auto"  # transformers engine: cpu, cuda or auto
+    max_model_len: int = 2048
+    max_concurrency: int = 32  # sequences the engine runs at once (vLLM max_num_seqs)
+    # Push requests one instance accepts; beyond it the runner answers 429 at once. Somewhat more
+    # than max_concurrency, so the engine never idles between requests.
+    max_inflight: int = 48
+
+    # A delivery holds a job under a lease it renews while generating; a crashed runner's job is
+    # taken over once its lease lapses. Must stay below the subscription's ack deadline.
+    lease_seconds: float = 30.0
+    # Generation stops (finish_reason "length") past this budget, well inside the ack deadline.
+    generation_timeout_seconds: float = 300.0
+    # Partial output of `stream` jobs is written at most this often (Firestore: ~1 write/s/doc).
+    stream_interval_seconds: float = 1.0
+
+
+@lru_cache(maxsize=1)
+def runner_settings() -> RunnerSettings:
+    return RunnerSettings()

@@ -1,0 +1,1 @@
+"""Local tools: the local stack, the demo, model building, load and benchmark scripts."""

@@ -1,0 +1,269 @@
+"""The whole platform on this machine (CONTRACT §6): `python -m scripts.local_stack up`.
+
+Starts the Pub/Sub, Firestore and Cloud Storage emulators, creates topics, subscriptions and
+buckets, builds the local model if needed, starts the submit and status functions and the runner,
+writes `<state dir>/stack.json`, and supervises: a function or runner that dies is started again
+(as Cloud Run starts a new instance) and stack.json is rewritten. Ctrl-C or SIGTERM stops it all.
+
+The emulator pushes at most 2 requests at a time per subscription, so locally jobs are spread over
+several topics, each with its own push subscription (--push-topics); production uses one topic.
+The emulator is not a performance model of Pub/Sub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from scripts.processes import ManagedProcess, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("local_stack")
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path = REPO / ".local"
+    project: str = "local-project"
+    push_topics: int = 8
+    model_size: str = "tiny"
+    model_name: str = "tiny-llama"
+    ack_deadline_seconds: int = 120
+    max_delivery_attempts: int = 5
+    min_backoff_seconds: int = 1
+    max_backoff_seconds: int = 20
+    results_bucket: str = "llmq-results"
+    batch_bucket: str = "llmq-batch"
+    ports: dict[str, int] = field(default_factory=dict)  # fixed ports by component, else free ones
+    runner_env: dict[str, str] = field(default_factory=dict)  # extra LLMQ_* for the runner (tests)
+
+    @property
+    def topics(self) -> list[str]:
+        return ["jobs"] if self.push_topics <= 1 else [f"jobs-{i}" for i in range(self.push_topics)]
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return "jobs-dead-letter"
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.logs = config.state_dir / "logs"
+        self.ports = {name: config.ports.get(name) or free_port()
+                      for name in ("pubsub", "firestore", "storage", "submit", "status", "runner")}
+        self.emulator_env = {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.ports['storage']}",
+        }
+        self.emulators: dict[str, ManagedProcess] = {}
+        self.services: dict[str, ManagedProcess] = {}
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- start-up ---
+
+    def start(self) -> None:
+        from scripts.build_tiny_model import ensure_model
+
+        model_dir = ensure_model(self.config.state_dir / "models" / self.config.model_size, self.config.model_size)
+        self._start_emulators()
+        os.environ.update(self.emulator_env)  # for this process's own admin clients
+        self._create_resources()
+        env = self._service_env(model_dir)
+        python = sys.executable
+        self.services = {
+            "runner": ManagedProcess("runner", [python, "-m", "runner", "--port", str(self.ports["runner"])],
+                                     log_dir=self.logs, env={**env, **self.config.runner_env}, cwd=REPO),
+            "submit": self._function("submit", env),
+            "status": self._function("status", env),
+        }
+        for service in self.services.values():
+            service.start()
+        for name, service in self.services.items():
+            service.wait_http(self._ready_url(name), timeout=180)
+        self.write_state()
+
+    def _function(self, name: str, env: dict[str, str]) -> ManagedProcess:
+        argv = [sys.executable, "-m", "scripts.serve_function", "--target", name,
+                "--source", str(REPO / "functions" / name / "main.py"), "--port", str(self.ports[name])]
+        return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO)
+
+    def _ready_url(self, name: str) -> str:
+        path = "/readyz" if name == "runner" else "/openapi.json"
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def _start_emulators(self) -> None:
+        p = self.ports
+        storage_cli = str(Path(sys.executable).with_name("gcp-storage-emulator"))
+        self.emulators = {
+            "pubsub": ManagedProcess("pubsub-emulator", [
+                "gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{p['pubsub']}",
+                f"--project={self.config.project}", "--quiet"], log_dir=self.logs),
+            "firestore": ManagedProcess("firestore-emulator", [
+                "gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{p['firestore']}",
+                "--quiet"], log_dir=self.logs),
+            "storage": ManagedProcess("storage-emulator", [
+                storage_cli, "start", "--host", "127.0.0.1", "--port", str(p["storage"]), "--in-memory", "--quiet"],
+                log_dir=self.logs),
+        }
+        for emulator in self.emulators.values():
+            emulator.start()
+        for name, emulator in self.emulators.items():
+            emulator.wait_http(f"http://127.0.0.1:{p[name]}/" if name != "storage"
+                               else f"http://127.0.0.1:{p[name]}/storage/v1/b?project={self.config.project}",
+                               timeout=120)
+
+    def _create_resources(self) -> None:
+        from google.cloud import pubsub_v1, storage
+        from google.auth.credentials import AnonymousCredentials
+
+        c = self.config
+        publisher = pubsub_v1.PublisherClient()
+        subscriber = pubsub_v1.SubscriberClient()
+        dead_letter = publisher.topic_path(c.project, c.dead_letter_topic)
+        publisher.create_topic(name=dead_letter)
+        # Dead letters must land somewhere, or they are lost.
+        subscriber.create_subscription(name=subscriber.subscription_path(c.project, f"{c.dead_letter_topic}-sub"),
+                                       topic=dead_letter)
+        for topic in c.topics:
+            topic_path = publisher.topic_path(c.project, topic)
+            publisher.create_topic(name=topic_path)
+            subscriber.create_subscription(request={
+                "name": subscriber.subscription_path(c.project, f"{topic}-runner"),
+                "topic": topic_path,
+                "push_config": {"push_endpoint": f"http://127.0.0.1:{self.ports['runner']}/push"},
+                "ack_deadline_seconds": c.ack_deadline_seconds,
+                "retry_policy": {"minimum_backoff": {"seconds": c.min_backoff_seconds},
+                                 "maximum_backoff": {"seconds": c.max_backoff_seconds}},
+                "dead_letter_policy": {"dead_letter_topic": dead_letter,
+                                       "max_delivery_attempts": c.max_delivery_attempts},
+            })
+        gcs = storage.Client(project=c.project, credentials=AnonymousCredentials())
+        for bucket in (c.results_bucket, c.batch_bucket):
+            gcs.create_bucket(bucket)
+
+    def _service_env(self, model_dir: Path) -> dict[str, str]:
+        c = self.config
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
+        env.update(self.emulator_env)
+        env.update({
+            "PYTHONPATH": str(REPO),
+            "GOOGLE_CLOUD_PROJECT": c.project,
+            "LLMQ_PROJECT": c.project,
+            "LLMQ_TOPICS": json.dumps(c.topics),
+            "LLMQ_MODELS": json.dumps([{"id": c.model_name, "max_model_len": 2048, "max_tokens": 1024}]),
+            "LLMQ_RESULTS_BUCKET": c.results_bucket,
+            "LLMQ_MODEL_PATH": str(model_dir),
+            "LLMQ_MODEL_NAME": c.model_name,
+            "LLMQ_DEVICE": "cpu",
+            # Generation must end inside the ack deadline; the lease is renewed while it runs.
+            "LLMQ_GENERATION_TIMEOUT_SECONDS": str(c.ack_deadline_seconds - 20),
+            "LLMQ_LEASE_SECONDS": "30",
+        })
+        return env
+
+    # --- state and supervision ---
+
+    def state(self) -> dict[str, object]:
+        c = self.config
+        pids = {name: s.pid for name, s in self.services.items()}
+        pids.update({f"{name}_emulator": e.pid for name, e in self.emulators.items()})
+        return {
+            "project": c.project,
+            "submit_url": f"http://127.0.0.1:{self.ports['submit']}",
+            "status_url": f"http://127.0.0.1:{self.ports['status']}",
+            "runner_url": f"http://127.0.0.1:{self.ports['runner']}",
+            "env": self.emulator_env,
+            "results_bucket": c.results_bucket,
+            "batch_bucket": c.batch_bucket,
+            "topic": c.topics[0],
+            "topics": c.topics,
+            "dead_letter_topic": c.dead_letter_topic,
+            "dead_letter_subscription": f"{c.dead_letter_topic}-sub",
+            "model": c.model_name,
+            "logs": str(self.logs),
+            "pids": pids,
+        }
+
+    def write_state(self) -> None:
+        path = self.config.state_dir / "stack.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state(), indent=2))
+        tmp.replace(path)  # atomic: readers never see half a file
+
+    def supervise(self) -> None:
+        """Restart services that die until stop() is called."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                for name, service in self.services.items():
+                    if not service.alive() and not self._stopping.is_set():
+                        log.warning("%s exited (%s); starting it again", name, service.proc and service.proc.returncode)
+                        service.stop()
+                        service.start()
+                        try:
+                            service.wait_http(self._ready_url(name), timeout=180)
+                        except RuntimeError as err:
+                            log.error("%s did not come back: %s", name, err)
+                            continue
+                        self.write_state()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            (self.config.state_dir / "stack.json").unlink(missing_ok=True)
+            for process in [*self.services.values(), *self.emulators.values()]:
+                process.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.local_stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up"])
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--push-topics", type=int, default=8)
+    parser.add_argument("--model-size", default="tiny", choices=["tiny", "bench"])
+    parser.add_argument("--max-delivery-attempts", type=int, default=5)
+    parser.add_argument("--runner-env", action="append", default=[], metavar="LLMQ_NAME=VALUE",
+                        help="extra runner setting (repeatable)")
+    for name in ("submit", "status", "runner", "pubsub", "firestore", "storage"):
+        parser.add_argument(f"--{name}-port", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s local_stack %(levelname)s %(message)s")
+
+    config = StackConfig(
+        state_dir=args.state_dir.resolve(), push_topics=args.push_topics, model_size=args.model_size,
+        max_delivery_attempts=args.max_delivery_attempts,
+        ports={n: getattr(args, f"{n}_port") for n in ("submit", "status", "runner", "pubsub", "firestore", "storage")
+               if getattr(args, f"{n}_port")},
+        runner_env=dict(item.split("=", 1) for item in args.runner_env),
+    )
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(config)
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        log.info("stack ready: %s", config.state_dir / "stack.json")
+        print(json.dumps(stack.state(), indent=2), flush=True)
+        stack.supervise()
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

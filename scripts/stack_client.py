@@ -1,0 +1,120 @@
+"""A client of a running local stack: find it from stack.json, call its HTTP API, and watch job
+documents with Firestore listeners. Used by the demo, the tests and the load scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Stack:
+        return cls(json.loads((state_dir / "stack.json").read_text()))
+
+    @property
+    def project(self) -> str:
+        return str(self.info["project"])
+
+    @contextmanager
+    def emulator_env(self) -> Iterator[None]:
+        """Point this process's Google clients at the stack's emulators."""
+        saved = {k: os.environ.get(k) for k in self.info["env"]}
+        os.environ.update(self.info["env"])
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def firestore(self) -> Any:
+        from google.cloud import firestore
+
+        os.environ.update(self.info["env"])
+        return firestore.Client(project=self.project)
+
+    def storage(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        os.environ.update(self.info["env"])
+        return storage.Client(project=self.project, credentials=AnonymousCredentials())
+
+    def http(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(timeout=timeout)
+
+    def submit(self, client: httpx.Client, body: Any, **kwargs: Any) -> httpx.Response:
+        return client.post(f"{self.info['submit_url']}/v1/jobs", json=body, **kwargs)
+
+    def job(self, client: httpx.Client, job_id: str, **params: Any) -> httpx.Response:
+        return client.get(f"{self.info['status_url']}/v1/jobs/{job_id}", params=params)
+
+
+class JobWatcher:
+    """Listens to a set of job documents and records every state seen, with arrival times."""
+
+    def __init__(self, db: Any, job_ids: Iterable[str], *, on_change: Callable[[str, dict[str, Any]], None] | None = None):
+        self._ids = list(job_ids)
+        self._on_change = on_change
+        self.history: dict[str, list[tuple[float, dict[str, Any]]]] = {i: [] for i in self._ids}
+        self._lock = threading.Lock()
+        self._all_final = threading.Event()
+        self._watches = [db.collection("jobs").document(i).on_snapshot(self._callback) for i in self._ids]
+
+    def _callback(self, snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for snapshot in snapshots:
+                if not snapshot.exists:
+                    continue
+                doc = snapshot.to_dict()
+                events = self.history[snapshot.id]
+                if not events or events[-1][1] != doc:
+                    events.append((now, doc))
+                    if self._on_change:
+                        self._on_change(snapshot.id, doc)
+            if all(h and h[-1][1]["status"] in FINAL for h in self.history.values()):
+                self._all_final.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._all_final.wait(timeout)
+
+    def latest(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            events = self.history[job_id]
+            return events[-1][1] if events else None
+
+    def statuses(self, job_id: str) -> list[str]:
+        with self._lock:
+            seen: list[str] = []
+            for _, doc in self.history[job_id]:
+                if not seen or seen[-1] != doc["status"]:
+                    seen.append(doc["status"])
+            return seen
+
+    def close(self) -> None:
+        for watch in self._watches:
+            watch.unsubscribe()
+
+    def __enter__(self) -> JobWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
