@@ -70,13 +70,23 @@ class Stack:
 class JobWatcher:
     """Listens to a set of job documents and records every state seen, with arrival times."""
 
-    def __init__(self, db: Any, job_ids: Iterable[str], *, on_change: Callable[[str, dict[str, Any]], None] | None = None):
-        self._ids = list(job_ids)
+    def __init__(self, db: Any, job_ids: Iterable[str] = (), *,
+                 on_change: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self._db = db
         self._on_change = on_change
-        self.history: dict[str, list[tuple[float, dict[str, Any]]]] = {i: [] for i in self._ids}
+        self.history: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._all_final = threading.Event()
-        self._watches = [db.collection("jobs").document(i).on_snapshot(self._callback) for i in self._ids]
+        self._watches: list[Any] = []
+        for job_id in job_ids:
+            self.add(job_id)
+
+    def add(self, job_id: str) -> None:
+        """Watch one more job (right after submitting it, to see it queued)."""
+        with self._lock:
+            self.history[job_id] = []
+            self._all_final.clear()
+        self._watches.append(self._db.collection("jobs").document(job_id).on_snapshot(self._callback))
 
     def _callback(self, snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
         now = time.monotonic()

@@ -1,0 +1,147 @@
+"""The demo: submit a handful of prompts over HTTP to the local stack, watch each job's Firestore
+document with on_snapshot listeners, and print the status transitions, outputs and timings.
+
+Uses the running stack found in <state dir>/stack.json, or starts one for the demo and stops it
+afterwards. Exits 0 when every job succeeded and its GCS result matches its document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from scripts.stack_client import JobWatcher, Stack
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROMPTS: list[dict[str, Any]] = [
+    {"prompt": "Once upon a time, in a quiet valley,", "max_tokens": 48, "metadata": {"demo": "completion"}},
+    {"messages": [{"role": "system", "content": "You are a terse assistant."},
+                  {"role": "user", "content": "Name three rivers of Europe."}],
+     "max_tokens": 48, "temperature": 0.7, "seed": 7, "metadata": {"demo": "chat"}},
+    {"messages": [{"role": "user", "content": "Write a haiku about queues."}], "max_tokens": 64,
+     "stream": True, "metadata": {"demo": "streamed-chat"}},
+    {"prompt": "The three laws of good software are", "max_tokens": 32, "temperature": 0,
+     "stop": ["\n\n"], "metadata": {"demo": "greedy-with-stop"}},
+    {"prompt": "Batch jobs run when the GPU is free:", "max_tokens": 32, "priority": "batch",
+     "metadata": {"demo": "batch-priority"}},
+]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def running_stack(state_dir: Path, timeout: float = 420) -> Iterator[Stack]:
+    """The stack already running in state_dir, or a new one for the duration of the demo."""
+    state = state_dir / "stack.json"
+    if state.exists() and all(_alive(pid) for pid in json.loads(state.read_text())["pids"].values()):
+        print(f"using the running stack ({state})")
+        yield Stack.load(state_dir)
+        return
+    state.unlink(missing_ok=True)
+    print("starting the local stack (emulators, functions, runner)...", flush=True)
+    started = time.monotonic()
+    out = open(state_dir / "local_stack.out", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.local_stack", "up", "--state-dir", str(state_dir)],
+                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        while not state.exists():
+            if proc.poll() is not None or time.monotonic() - started > timeout:
+                sys.exit(f"the local stack did not start; see {state_dir / 'local_stack.out'}")
+            time.sleep(0.2)
+        print(f"stack ready in {time.monotonic() - started:.1f}s", flush=True)
+        yield Stack.load(state_dir)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        out.close()
+
+
+def run_demo(stack: Stack, timeout: float) -> bool:
+    db = stack.firestore()
+    ok = True
+    with stack.http() as client:
+        submitted: dict[str, float] = {}
+        labels: dict[str, str] = {}
+
+        def on_change(job_id: str, doc: dict[str, Any]) -> None:
+            elapsed = time.monotonic() - submitted[job_id]
+            partial = doc["status"] == "running" and doc.get("output")
+            extra = f"  partial output: {len(doc['output'])} chars" if partial else ""
+            print(f"{labels[job_id]:>18}  +{elapsed:6.2f}s  {doc['status']}{extra}", flush=True)
+
+        with JobWatcher(db, on_change=on_change) as watcher:
+            for body in PROMPTS:
+                t0 = time.monotonic()
+                response = stack.submit(client, body)
+                if response.status_code != 202:
+                    print(f"submit failed: {response.status_code} {response.text}")
+                    return False
+                job = response.json()
+                submitted[job["id"]] = t0
+                labels[job["id"]] = body["metadata"]["demo"]
+                print(f"{labels[job['id']]:>18}  +{time.monotonic() - t0:6.2f}s  submitted (202) as {job['id']}",
+                      flush=True)
+                watcher.add(job["id"])
+            if not watcher.wait(timeout):
+                print(f"not all jobs finished within {timeout}s")
+                return False
+            bucket = stack.storage().bucket(stack.info["results_bucket"])
+            print()
+            for job_id, t0 in submitted.items():
+                doc = watcher.latest(job_id)
+                assert doc is not None
+                done_at = next(t for t, d in watcher.history[job_id] if d["status"] == doc["status"])
+                print(f"{labels[job_id]} ({job_id}): {' -> '.join(watcher.statuses(job_id))} "
+                      f"in {done_at - t0:.2f}s from submit")
+                if doc["status"] != "succeeded":
+                    print(f"  error: {doc.get('error')}")
+                    ok = False
+                    continue
+                result = json.loads(bucket.blob(f"results/{job_id}.json").download_as_text())
+                choice = result["choices"][0]
+                text = choice["message"]["content"] if "message" in choice else choice["text"]
+                matches = text.startswith(doc["output"]) and result["usage"] == doc["usage"]
+                ok &= matches
+                m = doc["metrics"]
+                print(f"  output: {doc['output'][:100]!r}")
+                print(f"  finish_reason={doc['finish_reason']} usage={doc['usage']} "
+                      f"queue={m['queue_seconds']:.2f}s ttft={m['time_to_first_token_seconds']:.3f}s "
+                      f"gen={m['generation_seconds']:.2f}s ({m['tokens_per_second']:.0f} tok/s)")
+                print(f"  result: {doc['result_uri']} ({result['object']}; matches the document: {matches})")
+            # The same job through the status function, as a client without Firestore access would.
+            any_id = next(iter(submitted))
+            view = stack.job(client, any_id, wait=5).json()
+            print(f"\nGET /v1/jobs/{any_id} -> {view['status']}")
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
+    parser.add_argument("--timeout", type=float, default=180)
+    args = parser.parse_args()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    with running_stack(args.state_dir.resolve()) as stack:
+        ok = run_demo(stack, args.timeout)
+    print("\ndemo", "succeeded" if ok else "FAILED")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
