@@ -1,0 +1,111 @@
+"""The pure domain core: state machine, lifecycle decisions, request canonicalisation, ids."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+
+from jobs import lifecycle
+from jobs.ids import is_job_id, new_job_id
+from jobs.lifecycle import ClaimOutcome, Completion
+from jobs.models import JobRecord, JobRequest, Usage
+from jobs.state import InvalidTransition, JobStatus, transition
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+
+
+def _record(**overrides: object) -> JobRecord:
+    base: dict[str, object] = dict(
+        id="job_" + "a" * 32, tenant="t", status=JobStatus.QUEUED, model="m", kind="completion",
+        priority="interactive", created_at=NOW, expire_at=NOW + timedelta(days=1), request_hash="h",
+    )
+    base.update(overrides)
+    return JobRecord.model_validate(base)
+
+
+@pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_final_states_have_no_way_out(final: JobStatus) -> None:
+    assert final.is_final
+    for target in JobStatus:
+        with pytest.raises(InvalidTransition):
+            transition(final, target)
+
+
+def test_allowed_transitions() -> None:
+    assert transition(JobStatus.QUEUED, JobStatus.RUNNING) is JobStatus.RUNNING
+    assert transition(JobStatus.RUNNING, JobStatus.RUNNING) is JobStatus.RUNNING  # lease takeover
+    with pytest.raises(InvalidTransition):
+        transition(JobStatus.QUEUED, JobStatus.SUCCEEDED)
+    with pytest.raises(InvalidTransition):
+        transition(JobStatus.RUNNING, JobStatus.QUEUED)
+
+
+def test_claim_of_a_queued_job_takes_a_lease() -> None:
+    decision = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30)
+    assert decision.outcome is ClaimOutcome.CLAIMED and decision.record is not None
+    assert decision.record.status is JobStatus.RUNNING
+    assert decision.record.lease_owner == "a"
+    assert decision.record.lease_expires_at == NOW + timedelta(seconds=30)
+    assert decision.record.attempts == 1 and decision.record.started_at == NOW
+
+
+def test_claim_respects_a_live_lease_and_takes_over_an_expired_one() -> None:
+    running = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30).record
+    assert running is not None
+    live = lifecycle.decide_claim(running, owner="b", now=NOW + timedelta(seconds=10), lease_seconds=30)
+    assert live.outcome is ClaimOutcome.LEASED and live.retry_after == pytest.approx(20)
+    expired = lifecycle.decide_claim(running, owner="b", now=NOW + timedelta(seconds=31), lease_seconds=30)
+    assert expired.outcome is ClaimOutcome.CLAIMED and expired.record is not None
+    assert expired.record.lease_owner == "b" and expired.record.attempts == 2
+    assert expired.record.started_at == NOW  # the first start is kept
+
+
+@pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
+def test_claim_of_a_finished_job_is_a_no_op(final: JobStatus) -> None:
+    decision = lifecycle.decide_claim(_record(status=final), owner="a", now=NOW, lease_seconds=30)
+    assert decision.outcome is ClaimOutcome.FINISHED and decision.record is None
+
+
+def test_only_the_lease_holder_completes() -> None:
+    running = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30).record
+    assert running is not None
+    completion = Completion(output="hi", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1,
+                            total_tokens=2), result_uri="gs://b/results/x.json", metrics={"generation_seconds": 1})
+    assert lifecycle.complete(running, owner="b", now=NOW, completion=completion) is None
+    done = lifecycle.complete(running, owner="a", now=NOW, completion=completion)
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.lease_owner is None
+    assert lifecycle.complete(done, owner="a", now=NOW, completion=completion) is None  # never twice
+
+
+def test_fail_and_cancel_leave_finished_jobs_alone() -> None:
+    done = _record(status=JobStatus.SUCCEEDED)
+    assert lifecycle.fail(done, now=NOW, code="x", message="y") is None
+    assert lifecycle.cancel(done, now=NOW) is None
+    cancelled = lifecycle.cancel(_record(), now=NOW)
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
+
+
+def test_body_hash_ignores_key_order_defaults_and_the_idempotency_key() -> None:
+    a = JobRequest.model_validate({"prompt": "x", "max_tokens": 5})
+    b = JobRequest.model_validate({"max_tokens": 5, "temperature": 1.0, "prompt": "x", "idempotency_key": "k"})
+    c = JobRequest.model_validate({"prompt": "x", "max_tokens": 6})
+    assert a.body_hash() == b.body_hash() != c.body_hash()
+
+
+def test_request_is_strict() -> None:
+    with pytest.raises(ValidationError):
+        JobRequest.model_validate({"prompt": "x", "max_tokens": "5"})
+    with pytest.raises(ValidationError):
+        JobRequest.model_validate({"prompt": "x", "stream": 1})
+    request = JobRequest.model_validate({"prompt": "x", "temperature": 1, "stop": "END"})
+    assert request.stop_sequences == ("END",) and request.temperature == 1.0
+
+
+def test_job_ids() -> None:
+    assert new_job_id(tenant="t", idempotency_key="k") == new_job_id(tenant="t", idempotency_key="k")
+    assert new_job_id(tenant="t", idempotency_key="k") != new_job_id(tenant="u", idempotency_key="k")
+    assert new_job_id(tenant="t", idempotency_key=None) != new_job_id(tenant="t", idempotency_key=None)
+    assert is_job_id(new_job_id(tenant="t", idempotency_key=None))
+    assert not is_job_id("job_../../x")
