@@ -18,22 +18,27 @@ class ClaimOutcome(Enum):
     CLAIMED = "claimed"  # this delivery now holds the lease: generate
     FINISHED = "finished"  # nothing left to do: acknowledge
     LEASED = "leased"  # another live delivery holds it: ask for redelivery later
+    EXPIRED = "expired"  # its start deadline passed: write the cancelled record, acknowledge
 
 
 @dataclass(frozen=True)
 class ClaimDecision:
     outcome: ClaimOutcome
-    record: JobRecord | None = None  # the claimed document, for CLAIMED
+    record: JobRecord | None = None  # the document to write: claimed (CLAIMED) or cancelled (EXPIRED)
     retry_after: float = 0.0  # for LEASED: seconds until the other lease expires
 
 
-def decide_claim(record: JobRecord, *, owner: str, now: datetime, lease_seconds: float) -> ClaimDecision:
+def decide_claim(
+    record: JobRecord, *, owner: str, instance: str, now: datetime, lease_seconds: float
+) -> ClaimDecision:
     if record.status.is_final:
         return ClaimDecision(ClaimOutcome.FINISHED)
     if record.status is JobStatus.RUNNING and record.lease_owner != owner:
         expires = record.lease_expires_at
         if expires is not None and expires > now:
             return ClaimDecision(ClaimOutcome.LEASED, retry_after=(expires - now).total_seconds())
+    if record.status is JobStatus.QUEUED and record.deadline_at is not None and now > record.deadline_at:
+        return ClaimDecision(ClaimOutcome.EXPIRED, record=expire(record, now=now))
     claimed = record.model_copy(
         update={
             "status": transition(record.status, JobStatus.RUNNING),
@@ -41,9 +46,22 @@ def decide_claim(record: JobRecord, *, owner: str, now: datetime, lease_seconds:
             "attempts": record.attempts + 1,
             "lease_owner": owner,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "runner_instance": instance,
         }
     )
     return ClaimDecision(ClaimOutcome.CLAIMED, record=claimed)
+
+
+def expire(record: JobRecord, *, now: datetime) -> JobRecord:
+    """A queued job past its start deadline: cancelled, with the reason."""
+    return record.model_copy(
+        update={
+            "status": transition(record.status, JobStatus.CANCELLED),
+            "finished_at": now,
+            "finish_reason": "cancelled",
+            "error": JobErrorInfo(code="deadline_exceeded", message="the job did not start before its deadline"),
+        }
+    )
 
 
 def holds_lease(record: JobRecord, owner: str) -> bool:
@@ -55,7 +73,7 @@ class Completion:
     output: str
     finish_reason: str
     usage: Usage
-    result_uri: str
+    result_uri: str | None
     metrics: dict[str, float]
 
 
@@ -94,15 +112,45 @@ def fail(record: JobRecord, *, now: datetime, code: str, message: str, owner: st
 
 
 def cancel(record: JobRecord, *, now: datetime) -> JobRecord | None:
-    """Cancel a queued or running job; a finished job is left unchanged (None)."""
+    """Cancel a queued or running job; a finished job is left unchanged (None).
+
+    A running job keeps its lease fields: the delivery that holds it sees the change, aborts the
+    generation and records the partial output with `record_partial`."""
     if record.status.is_final:
         return None
+    running = record.status is JobStatus.RUNNING
     return record.model_copy(
         update={
             "status": transition(record.status, JobStatus.CANCELLED),
             "finished_at": now,
             "finish_reason": "cancelled",
+            "lease_owner": record.lease_owner if running else None,
+            "lease_expires_at": record.lease_expires_at if running else None,
+        }
+    )
+
+
+def record_partial(record: JobRecord, *, owner: str, completion: Completion) -> JobRecord | None:
+    """After a cancel, the delivery that was generating keeps what it had generated."""
+    if record.status is not JobStatus.CANCELLED or record.lease_owner != owner:
+        return None
+    return record.model_copy(
+        update={
+            "output": completion.output,
+            "usage": completion.usage,
+            "metrics": {**record.metrics, **completion.metrics},
             "lease_owner": None,
             "lease_expires_at": None,
         }
     )
+
+
+def dead_letter(record: JobRecord, *, now: datetime, delivery_attempts: int | None) -> JobRecord | None:
+    """Pub/Sub gave up on the job's message. Finished jobs and jobs held by a live lease (a duplicate
+    message ran out of attempts while another delivery works on it) stay as they are."""
+    if record.status.is_final:
+        return None
+    if record.status is JobStatus.RUNNING and record.lease_expires_at is not None and record.lease_expires_at > now:
+        return None
+    attempts = f"after {delivery_attempts} delivery attempts" if delivery_attempts else "after its delivery attempts"
+    return fail(record, now=now, code="dead_lettered", message=f"the job could not be processed {attempts}")

@@ -20,6 +20,7 @@ MAX_STOP_LENGTH = 256
 MAX_METADATA_PAIRS = 16  # OpenAI's limits for metadata
 MAX_METADATA_VALUE = 512
 MIN_TTL_SECONDS, MAX_TTL_SECONDS = 60, 30 * 86400
+MAX_DEADLINE_SECONDS = 7 * 86400
 DEFAULT_TTL_SECONDS = 86400
 DEFAULT_MAX_TOKENS = 256
 
@@ -54,6 +55,9 @@ class JobRequest(BaseModel):
     metadata: dict[MetadataKey, MetadataValue] | None = None
     ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
     idempotency_key: Annotated[str, StringConstraints(min_length=1, max_length=255)] | None = None
+    # A job not started within this many seconds ends `cancelled` (error deadline_exceeded), like
+    # SageMaker's RequestTTL: an answer that comes too late is worth nothing to the caller.
+    deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_SECONDS)
 
     @model_validator(mode="after")
     def _check_shape(self) -> JobRequest:
@@ -142,9 +146,12 @@ class JobRecord(BaseModel):
     error: JobErrorInfo | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-    # The delivery that holds the job while running, and until when (see the lease in runner/).
+    deadline_at: datetime | None = None  # from deadline_seconds: must have started by then
+    # The delivery that holds the job while running, and until when (see the lease in runner/);
+    # the runner instance lets one listener per instance see its jobs being cancelled.
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    runner_instance: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=False)
@@ -167,6 +174,7 @@ class JobRecord(BaseModel):
             error=self.error,
             metadata=self.metadata,
             metrics=self.metrics,
+            deadline_at=self.deadline_at,
         )
 
 
@@ -190,6 +198,7 @@ class JobView(BaseModel):
     error: JobErrorInfo | None
     metadata: dict[str, str]
     metrics: dict[str, float]
+    deadline_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -4,6 +4,7 @@ them over Firestore, Pub/Sub and Cloud Storage; every method may raise Dependenc
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
 from jobs.models import JobMessage, JobRecord
@@ -32,6 +33,18 @@ class JobStore(Protocol):
     def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
         """Watch the document (a listener, not polling) until it is final or `timeout` passes;
         return the last state seen."""
+        ...
+
+
+    def get_message(self, job_id: str) -> JobMessage | None:
+        """The durable copy of the job's message (for re-publishing)."""
+        ...
+
+    def watch_cancelled(self, instance: str, on_cancelled: Callable[[str, str], None]) -> Callable[[], None]:
+        """Listen for cancellations of the jobs a runner instance holds; returns the unsubscribe."""
+        ...
+
+    def find_stale(self, *, queued_before: datetime, lease_expired_before: datetime, limit: int) -> list[JobRecord]:
         ...
 
 

@@ -70,6 +70,7 @@ class JobService:
             expire_at=now + timedelta(seconds=request.ttl_seconds),
             request_hash=request.body_hash(),
             metadata=dict(request.metadata or {}),
+            deadline_at=now + timedelta(seconds=request.deadline_seconds) if request.deadline_seconds else None,
         )
         message = JobMessage(job_id=job_id, tenant=tenant, model=spec.id, request=request)
 

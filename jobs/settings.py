@@ -26,6 +26,9 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: int = 60  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
     tenant: str = "public"  # the tenant of unauthenticated deployments
+    # The reconciler re-publishes jobs queued longer than this, or whose lease lapsed this long ago.
+    reconcile_queued_seconds: float = 300
+    reconcile_lease_lapsed_seconds: float = 120
 
     @property
     def catalog(self) -> ModelCatalog:

@@ -45,8 +45,9 @@ class RunnerState:
             engine = await start_engine(self.settings)
             store = FirestoreJobStore(firestore_client(self.settings.project, self.settings.database))
             results = GcsResultStore(storage_client(self.settings.project), bucket=self.settings.results_bucket)
-            self.processor = JobProcessor(store=store, results=results, engine=engine, settings=self.settings)
-            self.engine = engine
+            processor = JobProcessor(store=store, results=results, engine=engine, settings=self.settings)
+            await processor.start()
+            self.processor, self.engine = processor, engine
             log.info("engine ready", extra={"status": "ready"})
         except Exception as err:  # the instance cannot serve: let the platform replace it
             self.load_error = err
@@ -74,6 +75,9 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loader
+            if state.processor is not None:
+                with contextlib.suppress(Exception):
+                    await state.processor.stop()
             if state.engine is not None:
                 await state.engine.shutdown()
 

@@ -65,6 +65,29 @@ class JobProcessor:
         self._clock = clock
         self._inflight = 0
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
+        self.instance = f"runner-{uuid.uuid4().hex[:12]}"
+        self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
+        self._stop_watching: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        """Listen for cancellations of the jobs this instance holds (one listener per instance)."""
+        loop = asyncio.get_running_loop()
+
+        def on_cancelled(job_id: str, owner: str) -> None:
+            loop.call_soon_threadsafe(self._abort_cancelled, job_id, owner)
+
+        self._stop_watching = await self._call(self._store.watch_cancelled, self.instance, on_cancelled)
+
+    async def stop(self) -> None:
+        if self._stop_watching is not None:
+            await self._call(self._stop_watching)
+            self._stop_watching = None
+
+    def _abort_cancelled(self, job_id: str, owner: str) -> None:
+        held = self._running.get(job_id)
+        if held is not None and held[0] == owner:
+            log.info("cancelled by the client; aborting", extra={"job_id": job_id, "delivery": owner})
+            asyncio.ensure_future(self._engine.abort(held[1]))
 
     @property
     def inflight(self) -> int:
@@ -103,6 +126,8 @@ class JobProcessor:
             return Outcome.ack("no such job")
         if decision.outcome is ClaimOutcome.FINISHED:
             return Outcome.ack("already finished")
+        if decision.outcome is ClaimOutcome.EXPIRED:
+            return Outcome.ack("deadline exceeded before start")
         if decision.outcome is ClaimOutcome.LEASED:
             return Outcome.retry("held by another delivery", status=429, after=decision.retry_after)
         record = decision.record
@@ -127,7 +152,8 @@ class JobProcessor:
 
         def mutate(current: JobRecord) -> JobRecord | None:
             decision = lifecycle.decide_claim(
-                current, owner=owner, now=self._clock(), lease_seconds=self._settings.lease_seconds
+                current, owner=owner, instance=self.instance, now=self._clock(),
+                lease_seconds=self._settings.lease_seconds,
             )
             decisions.append(decision)
             return decision.record
@@ -143,6 +169,7 @@ class JobProcessor:
         first_token_at: float | None = None
         last: GenerationUpdate | None = None
         renewer = asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))
+        self._running[record.id] = (owner, request.request_id)
         try:
             async with asyncio.timeout(self._settings.generation_timeout_seconds):
                 async for update in self._engine.generate(request):
@@ -155,6 +182,7 @@ class JobProcessor:
                 raise DependencyUnavailable("generation produced nothing within its time budget") from None
             last = GenerationUpdate(last.text, last.prompt_tokens, last.completion_tokens, FinishReason.LENGTH)
         finally:
+            self._running.pop(record.id, None)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
@@ -170,7 +198,19 @@ class JobProcessor:
 
     async def _keep_lease(self, job_id: str, owner: str, request_id: str) -> None:
         """Renew the lease while generating; if it was lost (cancelled, taken over), abort."""
-        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(self._settings.lease_seconds / 3)
+            try:
+                held = await self._renew(job_id, owner)
+            except DependencyUnavailable:
+                continue  # the lease still has two intervals left; try again
+            if not held:
+                log.info("lease lost; aborting generation", extra={"job_id": job_id, "delivery": owner})
+                await self._engine.abort(request_id)
+                return
+
+    async def _renew(self, job_id: str, owner: str) -> bool:
+        """Extend this delivery's lease; False if it no longer holds the job."""
 
         def renew(current: JobRecord) -> JobRecord | None:
             if not lifecycle.holds_lease(current, owner):
@@ -178,16 +218,8 @@ class JobProcessor:
             expires = self._clock() + timedelta(seconds=self._settings.lease_seconds)
             return current.model_copy(update={"lease_expires_at": expires})
 
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                record, changed = await self._call(self._store.update, job_id, renew)
-            except DependencyUnavailable:
-                continue  # the lease still has two intervals left; try again
-            if record is None or not changed:
-                log.info("lease lost; aborting generation", extra={"job_id": job_id, "delivery": owner})
-                await self._engine.abort(request_id)
-                return
+        _, changed = await self._call(self._store.update, job_id, renew)
+        return changed
 
     async def _finish(
         self, record: JobRecord, owner: str, update: GenerationUpdate, timings: dict[str, float]
@@ -197,20 +229,35 @@ class JobProcessor:
             completion_tokens=update.completion_tokens,
             total_tokens=update.prompt_tokens + update.completion_tokens,
         )
-        finish_reason = (update.finish_reason or FinishReason.STOP).value
+        now = self._clock()
         if update.finish_reason is FinishReason.ABORT:
-            return Outcome.ack("aborted: lease lost")
+            # Aborted because the job was cancelled (keep the partial output in the document) or
+            # because the lease was lost (then someone else owns the job and nothing is written).
+            partial = Completion(output=document_output(update.text), finish_reason="cancelled", usage=usage,
+                                 result_uri=None, metrics=timings)
+            _, changed = await self._call(
+                self._store.update, record.id,
+                lambda current: lifecycle.record_partial(current, owner=owner, completion=partial),
+            )
+            log.info("aborted", extra={"job_id": record.id, "delivery": owner, "outcome": "cancelled"})
+            return Outcome.ack("cancelled" if changed else "lease lost")
+
+        finish_reason = (update.finish_reason or FinishReason.STOP).value
         body = openai_response(
             response_id=record.id, kind=record.kind, model=record.model, created=record.created_at,
             text=update.text, finish_reason=finish_reason, usage=usage,
         )
         body["timings"] = timings
+        # Fence: renew the lease just before writing the object, so no other delivery can take the
+        # job over (and write its own object) while ours is being written.
+        if not await self._renew(record.id, owner):
+            return Outcome.ack("lease lost")
+        # Deterministic object name: a retried finish overwrites, never duplicates.
         uri = await self._call(self._results.write_result, record.id, body)
         completion = Completion(
             output=document_output(update.text), finish_reason=finish_reason, usage=usage,
             result_uri=uri, metrics=timings,
         )
-        now = self._clock()
         _, changed = await self._call(
             self._store.update, record.id,
             lambda current: lifecycle.complete(current, owner=owner, now=now, completion=completion),

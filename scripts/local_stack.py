@@ -26,6 +26,7 @@ from types import FrameType
 from scripts.processes import ManagedProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+FUNCTIONS = ("submit", "status", "deadletter", "reconcile")
 log = logging.getLogger("local_stack")
 
 
@@ -59,7 +60,7 @@ class LocalStack:
         self.config = config
         self.logs = config.state_dir / "logs"
         self.ports = {name: config.ports.get(name) or free_port()
-                      for name in ("pubsub", "firestore", "storage", "submit", "status", "runner")}
+                      for name in ("pubsub", "firestore", "storage", *FUNCTIONS, "runner")}
         self.emulator_env = {
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
             "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
@@ -84,13 +85,12 @@ class LocalStack:
         self.services = {
             "runner": ManagedProcess("runner", [python, "-m", "runner", "--port", str(self.ports["runner"])],
                                      log_dir=self.logs, env={**env, **self.config.runner_env}, cwd=REPO),
-            "submit": self._function("submit", env),
-            "status": self._function("status", env),
+            **{name: self._function(name, env) for name in FUNCTIONS},
         }
         for service in self.services.values():
             service.start()
         for name, service in self.services.items():
-            service.wait_http(self._ready_url(name), timeout=180)
+            self._wait_ready(name, service)
         self.write_state()
 
     def _function(self, name: str, env: dict[str, str]) -> ManagedProcess:
@@ -99,8 +99,12 @@ class LocalStack:
         return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO)
 
     def _ready_url(self, name: str) -> str:
+        # Any answer from a function means it is serving; the runner is ready once its model is loaded.
         path = "/readyz" if name == "runner" else "/openapi.json"
         return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def _wait_ready(self, name: str, service: ManagedProcess) -> None:
+        service.wait_http(self._ready_url(name), timeout=180, expect=200 if name == "runner" else None)
 
     def _start_emulators(self) -> None:
         p = self.ports
@@ -132,9 +136,17 @@ class LocalStack:
         subscriber = pubsub_v1.SubscriberClient()
         dead_letter = publisher.topic_path(c.project, c.dead_letter_topic)
         publisher.create_topic(name=dead_letter)
-        # Dead letters must land somewhere, or they are lost.
+        # Dead letters must land somewhere, or they are lost: a pull subscription keeps them for
+        # inspection, and a push subscription hands each to the dead-letter function (not the runner).
         subscriber.create_subscription(name=subscriber.subscription_path(c.project, f"{c.dead_letter_topic}-sub"),
                                        topic=dead_letter)
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(c.project, f"{c.dead_letter_topic}-handler"),
+            "topic": dead_letter,
+            "push_config": {"push_endpoint": f"http://127.0.0.1:{self.ports['deadletter']}/"},
+            "ack_deadline_seconds": 30,
+            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 30}},
+        })
         for topic in c.topics:
             topic_path = publisher.topic_path(c.project, topic)
             publisher.create_topic(name=topic_path)
@@ -182,6 +194,8 @@ class LocalStack:
             "project": c.project,
             "submit_url": f"http://127.0.0.1:{self.ports['submit']}",
             "status_url": f"http://127.0.0.1:{self.ports['status']}",
+            "deadletter_url": f"http://127.0.0.1:{self.ports['deadletter']}",
+            "reconcile_url": f"http://127.0.0.1:{self.ports['reconcile']}",
             "runner_url": f"http://127.0.0.1:{self.ports['runner']}",
             "env": self.emulator_env,
             "results_bucket": c.results_bucket,
@@ -211,7 +225,7 @@ class LocalStack:
                         service.stop()
                         service.start()
                         try:
-                            service.wait_http(self._ready_url(name), timeout=180)
+                            self._wait_ready(name, service)
                         except RuntimeError as err:
                             log.error("%s did not come back: %s", name, err)
                             continue
@@ -235,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-delivery-attempts", type=int, default=5)
     parser.add_argument("--runner-env", action="append", default=[], metavar="LLMQ_NAME=VALUE",
                         help="extra runner setting (repeatable)")
-    for name in ("submit", "status", "runner", "pubsub", "firestore", "storage"):
+    components = (*FUNCTIONS, "runner", "pubsub", "firestore", "storage")
+    for name in components:
         parser.add_argument(f"--{name}-port", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s local_stack %(levelname)s %(message)s")
@@ -243,8 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     config = StackConfig(
         state_dir=args.state_dir.resolve(), push_topics=args.push_topics, model_size=args.model_size,
         max_delivery_attempts=args.max_delivery_attempts,
-        ports={n: getattr(args, f"{n}_port") for n in ("submit", "status", "runner", "pubsub", "firestore", "storage")
-               if getattr(args, f"{n}_port")},
+        ports={n: getattr(args, f"{n}_port") for n in components if getattr(args, f"{n}_port")},
         runner_env=dict(item.split("=", 1) for item in args.runner_env),
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -48,18 +48,19 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_http(self, url: str, *, timeout: float, expect: int = 200) -> None:
-        """Wait until GET url answers `expect`. Raises RuntimeError if the process exits first."""
+    def wait_http(self, url: str, *, timeout: float, expect: int | None = 200) -> None:
+        """Wait until GET url answers `expect` (any status if None). Raises RuntimeError if the
+        process exits first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
                 raise RuntimeError(f"{self.name} exited while starting; see {self.log_path}:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == expect:
+                    if expect is None or response.status == expect:
                         return
             except urllib.error.HTTPError as err:
-                if err.code == expect:
+                if expect is None or err.code == expect:
                     return
             except (urllib.error.URLError, OSError):
                 pass

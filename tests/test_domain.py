@@ -43,7 +43,7 @@ def test_allowed_transitions() -> None:
 
 
 def test_claim_of_a_queued_job_takes_a_lease() -> None:
-    decision = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30)
+    decision = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30)
     assert decision.outcome is ClaimOutcome.CLAIMED and decision.record is not None
     assert decision.record.status is JobStatus.RUNNING
     assert decision.record.lease_owner == "a"
@@ -52,11 +52,11 @@ def test_claim_of_a_queued_job_takes_a_lease() -> None:
 
 
 def test_claim_respects_a_live_lease_and_takes_over_an_expired_one() -> None:
-    running = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30).record
+    running = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30).record
     assert running is not None
-    live = lifecycle.decide_claim(running, owner="b", now=NOW + timedelta(seconds=10), lease_seconds=30)
+    live = lifecycle.decide_claim(running, owner="b", instance="i", now=NOW + timedelta(seconds=10), lease_seconds=30)
     assert live.outcome is ClaimOutcome.LEASED and live.retry_after == pytest.approx(20)
-    expired = lifecycle.decide_claim(running, owner="b", now=NOW + timedelta(seconds=31), lease_seconds=30)
+    expired = lifecycle.decide_claim(running, owner="b", instance="i", now=NOW + timedelta(seconds=31), lease_seconds=30)
     assert expired.outcome is ClaimOutcome.CLAIMED and expired.record is not None
     assert expired.record.lease_owner == "b" and expired.record.attempts == 2
     assert expired.record.started_at == NOW  # the first start is kept
@@ -64,12 +64,12 @@ def test_claim_respects_a_live_lease_and_takes_over_an_expired_one() -> None:
 
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
 def test_claim_of_a_finished_job_is_a_no_op(final: JobStatus) -> None:
-    decision = lifecycle.decide_claim(_record(status=final), owner="a", now=NOW, lease_seconds=30)
+    decision = lifecycle.decide_claim(_record(status=final), owner="a", instance="i", now=NOW, lease_seconds=30)
     assert decision.outcome is ClaimOutcome.FINISHED and decision.record is None
 
 
 def test_only_the_lease_holder_completes() -> None:
-    running = lifecycle.decide_claim(_record(), owner="a", now=NOW, lease_seconds=30).record
+    running = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30).record
     assert running is not None
     completion = Completion(output="hi", finish_reason="stop", usage=Usage(prompt_tokens=1, completion_tokens=1,
                             total_tokens=2), result_uri="gs://b/results/x.json", metrics={"generation_seconds": 1})

@@ -7,8 +7,13 @@ import logging
 import threading
 from typing import Any
 
+from collections.abc import Callable
+from datetime import datetime
+
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobMessage, JobRecord
@@ -19,6 +24,10 @@ log = logging.getLogger(__name__)
 JOBS = "jobs"
 REQUEST_SUBCOLLECTION = "request"  # jobs/{id}/request/body: the durable copy of the request
 _UPDATE_ATTEMPTS = 8
+# Every call is bounded: an unreachable Firestore must turn into a retryable error well inside a
+# push's ack deadline, not a request hanging on the client's default minute-long retry.
+_TIMEOUT = 10.0
+_CALL = {"timeout": _TIMEOUT, "retry": Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)}
 _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
                 gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
 
@@ -43,7 +52,7 @@ class FirestoreJobStore:
             {"message": message.model_dump_json(), "expire_at": record.expire_at},
         )
         try:
-            batch.commit()
+            batch.commit(**_CALL)
         except gexc.Conflict:  # AlreadyExists: the idempotency key was used before
             return False
         except _UNAVAILABLE as err:
@@ -52,14 +61,14 @@ class FirestoreJobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         try:
-            snapshot = self._jobs.document(job_id).get()
+            snapshot = self._jobs.document(job_id).get(**_CALL)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def get_message(self, job_id: str) -> JobMessage | None:
         try:
-            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get()
+            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(**_CALL)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobMessage.model_validate_json(snapshot.get("message")) if snapshot.exists else None
@@ -70,7 +79,7 @@ class FirestoreJobStore:
         batch.delete(ref.collection(REQUEST_SUBCOLLECTION).document("body"))
         batch.delete(ref)
         try:
-            batch.commit()
+            batch.commit(**_CALL)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
@@ -78,7 +87,7 @@ class FirestoreJobStore:
         ref = self._jobs.document(job_id)
         try:
             for _ in range(_UPDATE_ATTEMPTS):
-                snapshot = ref.get()
+                snapshot = ref.get(**_CALL)
                 if not snapshot.exists:
                     return None, False
                 current = JobRecord.model_validate(snapshot.to_dict())
@@ -88,7 +97,7 @@ class FirestoreJobStore:
                 before, after = _document(current), _document(new)
                 changes = {k: v for k, v in after.items() if before.get(k) != v}
                 try:
-                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time))
+                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time), **_CALL)
                     return new, True
                 except (gexc.FailedPrecondition, gexc.NotFound):
                     continue  # changed (or deleted) under us: decide again on the fresh state
@@ -114,3 +123,29 @@ class FirestoreJobStore:
         finally:
             watch.unsubscribe()
         return latest[-1] if latest else None
+
+    def watch_cancelled(self, instance: str, on_cancelled: Callable[[str, str], None]) -> Callable[[], None]:
+        """One listener for all the jobs a runner instance holds: calls on_cancelled(job_id, lease_owner)
+        when one of them is cancelled. Returns the function that stops listening."""
+
+        def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+            for snapshot in snapshots:
+                doc = snapshot.to_dict() or {}
+                if doc.get("status") == "cancelled" and doc.get("lease_owner"):
+                    on_cancelled(snapshot.id, doc["lease_owner"])
+
+        query = self._jobs.where(filter=FieldFilter("runner_instance", "==", instance))
+        watch = query.on_snapshot(on_snapshot)
+        return watch.unsubscribe
+
+    def find_stale(self, *, queued_before: datetime, lease_expired_before: datetime, limit: int) -> list[JobRecord]:
+        """Jobs a reconciler should look at: queued since before `queued_before`, or running under a
+        lease that lapsed before `lease_expired_before`."""
+        queued = (self._jobs.where(filter=FieldFilter("status", "==", "queued"))
+                  .where(filter=FieldFilter("created_at", "<", queued_before)).limit(limit))
+        running = (self._jobs.where(filter=FieldFilter("status", "==", "running"))
+                   .where(filter=FieldFilter("lease_expires_at", "<", lease_expired_before)).limit(limit))
+        try:
+            return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(**_CALL)]
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err

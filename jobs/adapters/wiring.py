@@ -13,14 +13,19 @@ from jobs.settings import api_settings
 
 
 @lru_cache(maxsize=1)
-def job_service() -> JobService:
+def job_store() -> FirestoreJobStore:
     configure_logging()
     settings = api_settings()
-    return JobService(
-        store=FirestoreJobStore(firestore_client(settings.project, settings.database)),
-        publisher=PubSubPublisher(
-            publisher_client(), project=settings.project, topics=settings.topics,
-            timeout=settings.publish_timeout_seconds,
-        ),
-        catalog=settings.catalog,
-    )
+    return FirestoreJobStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def publisher() -> PubSubPublisher:
+    settings = api_settings()
+    return PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
+                           timeout=settings.publish_timeout_seconds)
+
+
+@lru_cache(maxsize=1)
+def job_service() -> JobService:
+    return JobService(store=job_store(), publisher=publisher(), catalog=api_settings().catalog)

@@ -1,0 +1,38 @@
+"""The reconciler function, called by Cloud Scheduler every few minutes (POST /):
+re-publishes jobs left queued or under a lapsed lease, cancels queued jobs past their deadline."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import flask
+import functions_framework
+
+from jobs.adapters.http import error_response, json_response
+from jobs.adapters.wiring import job_store, publisher
+from jobs.errors import DependencyUnavailable, MethodNotAllowed
+from jobs.reconciler import reconcile as run_reconcile
+from jobs.service import utcnow
+from jobs.settings import api_settings
+
+
+@functions_framework.http
+def reconcile(request: flask.Request) -> flask.Response:
+    if request.method != "POST":
+        return error_response(MethodNotAllowed("use POST"))
+    settings = api_settings()
+    # An operator (or a test) may narrow the thresholds for one run: {"queued_for_seconds": N, ...}.
+    overrides = request.get_json(silent=True) or {}
+    queued_for = _seconds(overrides.get("queued_for_seconds"), settings.reconcile_queued_seconds)
+    lapsed_for = _seconds(overrides.get("lease_lapsed_for_seconds"), settings.reconcile_lease_lapsed_seconds)
+    try:
+        report = run_reconcile(job_store(), publisher(), now=utcnow(), queued_for=queued_for,
+                               lease_lapsed_for=lapsed_for)
+    except DependencyUnavailable as err:
+        return error_response(err)
+    return json_response(report.as_dict())
+
+
+def _seconds(value: object, default: float) -> timedelta:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 86400
+    return timedelta(seconds=float(value) if ok else default)  # type: ignore[arg-type]

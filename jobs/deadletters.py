@@ -1,0 +1,36 @@
+"""The dead-letter handler's logic: Pub/Sub gave up on a job's message; make the job's document say so."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from jobs import lifecycle
+from jobs.ports import JobStore
+from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
+
+log = logging.getLogger(__name__)
+
+# Set by Pub/Sub on a dead-lettered message: how many times the source subscription delivered it.
+DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
+
+
+def handle_dead_letter(store: JobStore, envelope: PushEnvelope, *, now: datetime) -> str:
+    """Mark the job failed/dead_lettered unless it is finished or held by a live lease.
+    Returns what was done. Raises DependencyUnavailable (the dead letter is then redelivered)."""
+    attributes = envelope.message.attributes
+    job_id = attributes.get("job_id")
+    if job_id is None:
+        try:
+            job_id = decode_job_message(envelope).job_id
+        except UnreadableMessage:
+            log.error("dead letter without a job id; dropped")
+            return "no job id"
+    count = attributes.get(DELIVERY_COUNT_ATTRIBUTE)
+    attempts = int(count) if count and count.isdigit() else envelope.delivery_attempt
+    record, changed = store.update(
+        job_id, lambda current: lifecycle.dead_letter(current, now=now, delivery_attempts=attempts)
+    )
+    outcome = "no such job" if record is None else "marked dead_lettered" if changed else "left as it is"
+    log.info("dead letter handled", extra={"job_id": job_id, "outcome": outcome, "attempt": attempts})
+    return outcome

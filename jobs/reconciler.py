@@ -1,0 +1,73 @@
+"""The reconciler: finds jobs the pipeline lost track of and puts them back on the queue.
+
+- queued for longer than a threshold: the publish after the Firestore write may have been lost
+  (a crash between the two, or a publish that failed and whose undo failed too);
+- running under a lease that lapsed long ago: the runner died and no redelivery came.
+
+Re-publishing is safe: a duplicate message finds the job finished (ack) or leased (retry later).
+Queued jobs past their start deadline are cancelled instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from jobs import lifecycle
+from jobs.errors import DependencyUnavailable
+from jobs.ports import JobStore, Publisher
+from jobs.state import JobStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    examined: int = 0
+    republished: int = 0
+    expired: int = 0
+    failed: int = 0  # no request copy left to republish from
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def reconcile(
+    store: JobStore,
+    publisher: Publisher,
+    *,
+    now: datetime,
+    queued_for: timedelta = timedelta(minutes=5),
+    lease_lapsed_for: timedelta = timedelta(minutes=2),
+    limit: int = 500,
+) -> ReconcileReport:
+    report = ReconcileReport()
+    stale = store.find_stale(queued_before=now - queued_for, lease_expired_before=now - lease_lapsed_for, limit=limit)
+    for record in stale:
+        report.examined += 1
+        try:
+            if record.status is JobStatus.QUEUED and record.deadline_at is not None and now > record.deadline_at:
+                _, changed = store.update(record.id, lambda current: _expire_if_queued(current, now))
+                report.expired += changed
+                continue
+            message = store.get_message(record.id)
+            if message is None:
+                store.update(record.id, lambda current: lifecycle.fail(
+                    current, now=now, code="request_lost", message="the job's request could not be found"))
+                report.failed += 1
+                continue
+            publisher.publish(message)
+            report.republished += 1
+            log.info("republished", extra={"job_id": record.id, "status": record.status.value})
+        except DependencyUnavailable:
+            report.errors += 1
+            log.warning("could not reconcile", extra={"job_id": record.id})
+    return report
+
+
+def _expire_if_queued(current, now):  # type: ignore[no-untyped-def]
+    if current.status is not JobStatus.QUEUED:
+        return None
+    return lifecycle.expire(current, now=now)
