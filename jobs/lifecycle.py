@@ -68,6 +68,13 @@ def holds_lease(record: JobRecord, owner: str) -> bool:
     return record.status is JobStatus.RUNNING and record.lease_owner == owner
 
 
+def stream_output(record: JobRecord, *, owner: str, output: str) -> JobRecord | None:
+    """Partial output of a `stream` job, written while the lease holder generates."""
+    if not holds_lease(record, owner) or record.output == output:
+        return None
+    return record.model_copy(update={"output": output})
+
+
 @dataclass(frozen=True)
 class Completion:
     output: str

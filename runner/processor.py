@@ -168,7 +168,9 @@ class JobProcessor:
         started = time.monotonic()
         first_token_at: float | None = None
         last: GenerationUpdate | None = None
-        renewer = asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))
+        background = [asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))]
+        if record.stream:
+            background.append(asyncio.create_task(self._stream(record.id, owner, lambda: last)))
         self._running[record.id] = (owner, request.request_id)
         try:
             async with asyncio.timeout(self._settings.generation_timeout_seconds):
@@ -183,9 +185,9 @@ class JobProcessor:
             last = GenerationUpdate(last.text, last.prompt_tokens, last.completion_tokens, FinishReason.LENGTH)
         finally:
             self._running.pop(record.id, None)
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
         assert last is not None
         elapsed = time.monotonic() - started
         timings = {
@@ -195,6 +197,23 @@ class JobProcessor:
             "tokens_per_second": round(last.completion_tokens / elapsed, 2) if elapsed > 0 else 0.0,
         }
         return last, timings
+
+    async def _stream(self, job_id: str, owner: str, latest: Callable[[], GenerationUpdate | None]) -> None:
+        """Write the partial output of a `stream` job at most once per interval (Firestore sustains
+        about one write per second per document); the final write supersedes it."""
+        written = ""
+        while True:
+            await asyncio.sleep(self._settings.stream_interval_seconds)
+            update = latest()
+            if update is None or update.text == written:
+                continue
+            text = document_output(update.text)
+            try:
+                await self._call(self._store.update, job_id,
+                                 lambda current: lifecycle.stream_output(current, owner=owner, output=text))
+            except DependencyUnavailable:
+                continue  # a skipped partial write loses nothing: the next or the final one carries it
+            written = update.text
 
     async def _keep_lease(self, job_id: str, owner: str, request_id: str) -> None:
         """Renew the lease while generating; if it was lost (cancelled, taken over), abort."""

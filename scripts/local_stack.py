@@ -38,7 +38,7 @@ class StackConfig:
     model_size: str = "tiny"
     model_name: str = "tiny-llama"
     ack_deadline_seconds: int = 120
-    max_delivery_attempts: int = 5
+    max_delivery_attempts: int = 10
     min_backoff_seconds: int = 1
     max_backoff_seconds: int = 20
     results_bucket: str = "llmq-results"
@@ -67,6 +67,7 @@ class LocalStack:
             "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.ports['storage']}",
         }
         self.emulators: dict[str, ManagedProcess] = {}
+        self.settings_env: dict[str, str] = {}
         self.services: dict[str, ManagedProcess] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -81,6 +82,7 @@ class LocalStack:
         os.environ.update(self.emulator_env)  # for this process's own admin clients
         self._create_resources()
         env = self._service_env(model_dir)
+        self.settings_env = {k: v for k, v in {**env, **self.config.runner_env}.items() if k.startswith("LLMQ_")}
         python = sys.executable
         self.services = {
             "runner": ManagedProcess("runner", [python, "-m", "runner", "--port", str(self.ports["runner"])],
@@ -206,6 +208,8 @@ class LocalStack:
             "dead_letter_subscription": f"{c.dead_letter_topic}-sub",
             "model": c.model_name,
             "logs": str(self.logs),
+            # The LLMQ_* settings the services run with, so a client can start another instance.
+            "settings_env": self.settings_env,
             "pids": pids,
         }
 
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
     parser.add_argument("--push-topics", type=int, default=8)
     parser.add_argument("--model-size", default="tiny", choices=["tiny", "bench"])
-    parser.add_argument("--max-delivery-attempts", type=int, default=5)
+    parser.add_argument("--max-delivery-attempts", type=int, default=10)
     parser.add_argument("--runner-env", action="append", default=[], metavar="LLMQ_NAME=VALUE",
                         help="extra runner setting (repeatable)")
     components = (*FUNCTIONS, "runner", "pubsub", "firestore", "storage")

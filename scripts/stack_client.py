@@ -21,10 +21,15 @@ FINAL = {"succeeded", "failed", "cancelled"}
 @dataclass(frozen=True)
 class Stack:
     info: dict[str, Any]
+    state_dir: Path
 
     @classmethod
     def load(cls, state_dir: Path) -> Stack:
-        return cls(json.loads((state_dir / "stack.json").read_text()))
+        return cls(json.loads((state_dir / "stack.json").read_text()), state_dir)
+
+    def pid(self, component: str) -> int:
+        """The component's current pid (re-read: the stack rewrites it when it restarts one)."""
+        return int(json.loads((self.state_dir / "stack.json").read_text())["pids"][component])
 
     @property
     def project(self) -> str:

@@ -29,7 +29,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (state_dir / "models").symlink_to(models, target_is_directory=True)
     log = open(state_dir / "local_stack.out", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.local_stack", "up", "--state-dir", str(state_dir), "--push-topics", "4"],
+        [sys.executable, "-m", "scripts.local_stack", "up", "--state-dir", str(state_dir), "--push-topics", "4",
+         # A short lease: a killed runner's job is taken over within seconds, not half a minute.
+         "--runner-env", "LLMQ_LEASE_SECONDS=6"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     try:

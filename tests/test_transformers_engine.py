@@ -79,6 +79,20 @@ def check_stream(updates: list[GenerationUpdate]) -> GenerationUpdate:
     return updates[-1]
 
 
+async def assert_engine_idle(engine: TransformersEngine) -> None:
+    """No stream open and no forward pass for a while: cancelled work really stopped in the engine."""
+    assert engine.stats.running == 0
+    # The generation thread applies a cancel at its next step; uncancelled, 1500 tokens take seconds.
+    deadline = time.monotonic() + 3
+    steps = engine.stats.forward_passes
+    while True:
+        await asyncio.sleep(0.3)
+        if engine.stats.forward_passes == steps:
+            return
+        assert time.monotonic() < deadline, "engine still generating for a gone consumer"
+        steps = engine.stats.forward_passes
+
+
 def test_info_and_protocol(model_dir: Path) -> None:
     engine = TransformersEngine(model_dir, model_name="tiny-llama", device="cpu", max_concurrency=4)
     assert isinstance(engine, Engine)
@@ -168,7 +182,7 @@ def test_abort_ends_with_partial_text_quickly(model_dir: Path) -> None:
         assert 5 <= final.completion_tokens < 1500
         # The final update carries the partial output (perhaps a token or two past the last one seen).
         assert final.text.startswith(seen[-2].text) and final.completion_tokens >= seen[-2].completion_tokens
-        assert engine.stats.running == 0
+        await assert_engine_idle(engine)
         await engine.abort("unknown-id")  # a no-op, not an error
         # The engine goes on serving, and the same id can be reused.
         again = check_stream(await collect(engine, request("long", max_tokens=4)))
@@ -178,13 +192,6 @@ def test_abort_ends_with_partial_text_quickly(model_dir: Path) -> None:
 
 
 def test_closing_the_iterator_or_cancelling_the_task_cancels_in_engine(model_dir: Path) -> None:
-    async def assert_engine_idle(engine: TransformersEngine) -> None:
-        assert engine.stats.running == 0
-        await asyncio.sleep(0.2)  # let the generation thread apply the cancellation
-        steps = engine.stats.forward_passes
-        await asyncio.sleep(0.3)
-        assert engine.stats.forward_passes == steps, "engine still generating for a gone consumer"
-
     async def body(engine: TransformersEngine) -> None:
         stream = engine.generate(request("closed", max_tokens=1500))
         for _ in range(3):
