@@ -8,7 +8,7 @@ Sizes (vocab 2780; measured on an idle 2-core CPU, torch 2.13 CPU, fp32, greedy,
 with continuous batching; a busy machine is much slower):
   - "tiny":  4 layers, hidden 64 (~0.5M params). 8 concurrent x 32 new tokens: ~0.35 s in 32 forward passes;
     1 x 128 new tokens: ~0.3 s (mostly per-step overhead).
-  - "bench": 6 layers, hidden 512 (~21M params). 1 request x 128 new tokens: ~0.9 s (0.87-0.95 s);
+  - "bench": 6 layers, hidden 512 (~21M params). 1 request x 128 new tokens: ~0.9-1.0 s;
     8 concurrent x 128 new tokens: ~2.1-2.4 s (one by one would take ~7.5 s).
 
 The weights are random (fixed seed), so the text is gibberish; only shapes, speed and plumbing are realistic.
@@ -149,7 +149,7 @@ def _build_model(size: str, vocab_size: int, bos_id: int, eos_ids: list[int], pa
         eos_token_id=eos_ids[0],
         pad_token_id=pad_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(SEED)
     model = LlamaForCausalLM(config).eval()

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from scripts.stack_client import JobWatcher, Stack
+from scripts.stack_client import JobWatcher, Stack, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,42 +30,6 @@ PROMPTS: list[dict[str, Any]] = [
     {"prompt": "Batch jobs run when the GPU is free:", "max_tokens": 32, "priority": "batch",
      "metadata": {"demo": "batch-priority"}},
 ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-@contextmanager
-def running_stack(state_dir: Path, timeout: float = 420) -> Iterator[Stack]:
-    """The stack already running in state_dir, or a new one for the duration of the demo."""
-    state = state_dir / "stack.json"
-    if state.exists() and all(_alive(pid) for pid in json.loads(state.read_text())["pids"].values()):
-        print(f"using the running stack ({state})")
-        yield Stack.load(state_dir)
-        return
-    state.unlink(missing_ok=True)
-    print("starting the local stack (emulators, functions, runner)...", flush=True)
-    started = time.monotonic()
-    out = open(state_dir / "local_stack.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.local_stack", "up", "--state-dir", str(state_dir)],
-                            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        while not state.exists():
-            if proc.poll() is not None or time.monotonic() - started > timeout:
-                sys.exit(f"the local stack did not start; see {state_dir / 'local_stack.out'}")
-            time.sleep(0.2)
-        print(f"stack ready in {time.monotonic() - started:.1f}s", flush=True)
-        yield Stack.load(state_dir)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        out.close()
 
 
 def run_demo(stack: Stack, timeout: float) -> bool:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +19,7 @@ from typing import Any, Iterator
 import httpx
 
 FINAL = {"succeeded", "failed", "cancelled"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -133,3 +137,55 @@ class JobWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def started_stack(state_dir: Path, *args: str, timeout: float = 420) -> Iterator[Stack]:
+    """Start `scripts.local_stack up` in state_dir (its own process group), wait for stack.json,
+    and stop the whole stack afterwards. Raises RuntimeError if it does not come up."""
+    state = state_dir / "stack.json"
+    state.unlink(missing_ok=True)
+    out_path = state_dir / "local_stack.out"
+    started = time.monotonic()
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "scripts.local_stack", "up", "--state-dir", str(state_dir), *args],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            while not state.exists():
+                if proc.poll() is not None or time.monotonic() - started > timeout:
+                    raise RuntimeError(f"the local stack did not start:\n{out_path.read_text()[-4000:]}")
+                time.sleep(0.2)
+            yield Stack.load(state_dir)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=60)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+@contextmanager
+def running_stack(state_dir: Path) -> Iterator[Stack]:
+    """The stack already running in state_dir, or a new one for the duration of the block."""
+    state = state_dir / "stack.json"
+    if state.exists() and all(_alive(pid) for pid in json.loads(state.read_text())["pids"].values()):
+        print(f"using the running stack ({state})", flush=True)
+        yield Stack.load(state_dir)
+        return
+    print("starting the local stack (emulators, functions, runner)...", flush=True)
+    started = time.monotonic()
+    with started_stack(state_dir) as stack:
+        print(f"stack ready in {time.monotonic() - started:.1f}s", flush=True)
+        yield stack

@@ -109,3 +109,40 @@ def test_job_ids() -> None:
     assert new_job_id(tenant="t", idempotency_key=None) != new_job_id(tenant="t", idempotency_key=None)
     assert is_job_id(new_job_id(tenant="t", idempotency_key=None))
     assert not is_job_id("job_../../x")
+
+
+def test_queued_job_past_its_deadline_expires_instead_of_running() -> None:
+    record = _record(deadline_at=NOW - timedelta(seconds=1))
+    decision = lifecycle.decide_claim(record, owner="a", instance="i", now=NOW, lease_seconds=30)
+    assert decision.outcome is ClaimOutcome.EXPIRED and decision.record is not None
+    assert decision.record.status is JobStatus.CANCELLED
+    assert decision.record.error is not None and decision.record.error.code == "deadline_exceeded"
+    in_time = lifecycle.decide_claim(_record(deadline_at=NOW + timedelta(seconds=1)), owner="a", instance="i",
+                                     now=NOW, lease_seconds=30)
+    assert in_time.outcome is ClaimOutcome.CLAIMED
+
+
+def test_cancel_of_a_running_job_keeps_the_lease_for_the_partial_output() -> None:
+    running = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30).record
+    assert running is not None
+    cancelled = lifecycle.cancel(running, now=NOW)
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED and cancelled.lease_owner == "a"
+    partial = Completion(output="par", finish_reason="cancelled", usage=Usage(prompt_tokens=1, completion_tokens=2,
+                         total_tokens=3), result_uri=None, metrics={})
+    assert lifecycle.record_partial(cancelled, owner="b", completion=partial) is None
+    kept = lifecycle.record_partial(cancelled, owner="a", completion=partial)
+    assert kept is not None and kept.output == "par" and kept.lease_owner is None
+    assert kept.status is JobStatus.CANCELLED
+    assert lifecycle.stream_output(cancelled, owner="a", output="more") is None  # no writes after a cancel
+
+
+def test_dead_letter_spares_finished_and_live_leased_jobs() -> None:
+    assert lifecycle.dead_letter(_record(status=JobStatus.SUCCEEDED), now=NOW, delivery_attempts=5) is None
+    running = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30).record
+    assert running is not None
+    assert lifecycle.dead_letter(running, now=NOW + timedelta(seconds=5), delivery_attempts=5) is None
+    lapsed = lifecycle.dead_letter(running, now=NOW + timedelta(seconds=31), delivery_attempts=5)
+    assert lapsed is not None and lapsed.status is JobStatus.FAILED
+    assert lapsed.error is not None and lapsed.error.code == "dead_lettered" and "5" in lapsed.error.message
+    queued = lifecycle.dead_letter(_record(), now=NOW, delivery_attempts=None)
+    assert queued is not None and queued.status is JobStatus.FAILED

@@ -7,6 +7,7 @@ request behind for the next one. The model is built once per checkout into .loca
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -74,7 +75,7 @@ def check_stream(updates: list[GenerationUpdate]) -> GenerationUpdate:
     assert not any(u.finished for u in updates[:-1])
     counts = [u.completion_tokens for u in updates]
     assert counts == sorted(counts)
-    for before, after in zip(updates, updates[1:-1]):
+    for before, after in itertools.pairwise(updates):
         assert after.text.startswith(before.text)
     return updates[-1]
 
@@ -271,7 +272,7 @@ def test_shutdown_aborts_inflight_and_leaves_no_threads(model_dir: Path) -> None
                 updates.append(update)
 
         task = asyncio.create_task(consume())
-        while len(updates) < 3:
+        while len(updates) < 3 and not task.done():
             await asyncio.sleep(0.01)
         await engine.shutdown()
         await asyncio.wait_for(task, timeout=5)
@@ -279,8 +280,12 @@ def test_shutdown_aborts_inflight_and_leaves_no_threads(model_dir: Path) -> None
         with pytest.raises(EngineDead):
             await engine.check_health()
 
+    def live_threads() -> set[threading.Thread]:  # other tests in the session may own threads of their own
+        return {t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon}
+
+    before = live_threads()
     with_engine(model_dir, body)  # with_engine shuts down a second time: that must be harmless
-    leftover = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    leftover = live_threads() - before
     assert not leftover, leftover
 
 

@@ -22,7 +22,7 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ class TransformersEngine:
             dtype = torch.float32 if self._device.type == "cpu" else "auto"
         # Loaded on CPU then moved: `device_map` needs `accelerate`, not a dependency here.
         model = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype, attn_implementation="sdpa")
-        model.to(self._device).eval()
+        model.to(self._device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
         self._vocab_size = int(model.get_output_embeddings().out_features)
 
         gen = GenerationConfig.from_dict(model.generation_config.to_dict())
@@ -242,7 +242,7 @@ class TransformersEngine:
             self._cancel(stream)
             stream.abort()
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationUpdate, None]:
         await self.check_health()
         manager, sampling = self._manager, request.sampling
         assert manager is not None  # check_health guarantees it
@@ -333,8 +333,11 @@ class TransformersEngine:
         if output.is_finished():
             reason = FinishReason.STOP if tokens and tokens[-1] in self._eos_ids else FinishReason.LENGTH
             return GenerationUpdate(text, prompt_tokens, len(tokens), reason)
-        # Hold back a trailing partial UTF-8 character: the next token usually completes it.
-        return GenerationUpdate(text.rstrip("\ufffd"), prompt_tokens, len(tokens))
+        # Hold back what a later token may still change, so streamed text never shrinks: a trailing partial
+        # UTF-8 character, and (like vLLM) the last len(stop)-1 characters, which may begin a stop string.
+        held = max((len(s) for s in stops), default=1) - 1
+        text = text.rstrip("\ufffd")
+        return GenerationUpdate(text[: len(text) - held], prompt_tokens, len(tokens))
 
     async def _failure(self, error: str | None) -> EngineError:
         # A crashing generation loop fails its requests just before it records the fatal error, so give it a
