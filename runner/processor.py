@@ -67,6 +67,7 @@ class JobProcessor:
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
         self.instance = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
+        self._leases: dict[str, datetime] = {}  # lease owner -> lease expiry as last written by us
         self._stop_watching: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -98,12 +99,14 @@ class JobProcessor:
         if self._inflight >= self._settings.max_inflight:
             return Outcome.retry("runner saturated", status=429, after=2)
         self._inflight += 1
+        owner = f"delivery-{uuid.uuid4().hex[:16]}"
         try:
-            return await self._process(message, owner=f"delivery-{uuid.uuid4().hex[:16]}")
+            return await self._process(message, owner=owner)
         except DependencyUnavailable as err:
             log.warning("dependency unavailable; asking for redelivery: %s", err, extra={"job_id": message.job_id})
             return Outcome.retry("dependency unavailable")
         finally:
+            self._leases.pop(owner, None)
             self._inflight -= 1
 
     async def reject(self, job_id: str, reason: str) -> Outcome:
@@ -120,6 +123,13 @@ class JobProcessor:
 
     async def _process(self, message: JobMessage, *, owner: str) -> Outcome:
         job_id = message.job_id
+        served = self._engine.info.model
+        if message.model != served:
+            # This runner serves one model (its subscription filters on it): permanent for the job here.
+            now = self._clock()
+            await self._call(self._store.update, job_id, lambda current: lifecycle.fail(
+                current, now=now, code="model_not_served", message=f"model {message.model!r} is not served here"))
+            return Outcome.ack("failed: model not served")
         decision = await self._claim(job_id, owner)
         if decision is None:
             # No document: expired by TTL, or the submit was undone after its publish failed.
@@ -131,7 +141,8 @@ class JobProcessor:
         if decision.outcome is ClaimOutcome.LEASED:
             return Outcome.retry("held by another delivery", status=429, after=decision.retry_after)
         record = decision.record
-        assert record is not None
+        assert record is not None and record.lease_expires_at is not None
+        self._leases[owner] = record.lease_expires_at
         log.info("claimed", extra={"job_id": job_id, "delivery": owner, "attempt": record.attempts})
 
         try:
@@ -230,15 +241,26 @@ class JobProcessor:
 
     async def _renew(self, job_id: str, owner: str) -> bool:
         """Extend this delivery's lease; False if it no longer holds the job."""
+        expires = self._clock() + timedelta(seconds=self._settings.lease_seconds)
 
         def renew(current: JobRecord) -> JobRecord | None:
             if not lifecycle.holds_lease(current, owner):
                 return None
-            expires = self._clock() + timedelta(seconds=self._settings.lease_seconds)
             return current.model_copy(update={"lease_expires_at": expires})
 
         _, changed = await self._call(self._store.update, job_id, renew)
+        if changed:
+            self._leases[owner] = expires
         return changed
+
+    async def _fence(self, job_id: str, owner: str) -> bool:
+        """Make sure no other delivery can take the job over while the result object is written:
+        nobody can before our lease lapses, so renew only when less than half of it is left."""
+        expires = self._leases.get(owner)
+        margin = timedelta(seconds=self._settings.lease_seconds / 2)
+        if expires is not None and expires - self._clock() > margin:
+            return True
+        return await self._renew(job_id, owner)
 
     async def _finish(
         self, record: JobRecord, owner: str, update: GenerationUpdate, timings: dict[str, float]
@@ -267,9 +289,8 @@ class JobProcessor:
             text=update.text, finish_reason=finish_reason, usage=usage,
         )
         body["timings"] = timings
-        # Fence: renew the lease just before writing the object, so no other delivery can take the
-        # job over (and write its own object) while ours is being written.
-        if not await self._renew(record.id, owner):
+        # Fence: no other delivery may take the job over (and write its own object) while ours is written.
+        if not await self._fence(record.id, owner):
             return Outcome.ack("lease lost")
         # Deterministic object name: a retried finish overwrites, never duplicates.
         uri = await self._call(self._results.write_result, record.id, body)

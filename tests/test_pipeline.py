@@ -46,7 +46,9 @@ def test_twenty_concurrent_jobs_succeed_and_results_match(stack: Stack, db: Any)
             doc = watcher.latest(job["id"])
             assert doc is not None
             assert doc["status"] == "succeeded", doc
-            assert watcher.statuses(job["id"])[-2:] == ["running", "succeeded"]
+            # Listeners may coalesce changes that follow each other closely; what they see is in order.
+            seen = watcher.statuses(job["id"])
+            assert seen[-1] == "succeeded" and seen == [s for s in ("queued", "running", "succeeded") if s in seen]
             assert doc["attempts"] == 1
             assert doc["finish_reason"] in ("stop", "length")
             assert doc["metadata"] == body["metadata"]
