@@ -1,39 +1,130 @@
-"""The platform's infrastructure. So far: the queue and the store the local stack emulates.
-The functions, the GPU runner, the nightly batch and observability follow (see the issues)."""
+"""llmq on Google Cloud: `pulumi up` deploys the whole platform; every compute part scales to zero.
+
+This file only composes the components (pulumi/llmq_infra/, one per module) from the settings
+(llmq_infra/config.py, the one place that reads the stack config) and exports what clients need."""
 
 from __future__ import annotations
 
+import json
+
 import pulumi
-import pulumi_gcp as gcp
 
-config = pulumi.Config()
-region = config.get("region") or "us-central1"
-results_retention_days = config.get_int("resultsRetentionDays") or 30
+from llmq_infra.api import Api, ApiArgs
+from llmq_infra.apis import Apis, ApisArgs
+from llmq_infra.batch import NightlyBatch, NightlyBatchArgs, workflow_definition
+from llmq_infra.builder import FunctionBuilder, FunctionBuilderArgs
+from llmq_infra.config import load
+from llmq_infra.maintenance import Maintenance, MaintenanceArgs
+from llmq_infra.observability import Observability, ObservabilityArgs
+from llmq_infra.queue import PushTarget, Queue, QueueArgs
+from llmq_infra.registry import Registry, RegistryArgs
+from llmq_infra.runner import Runner, RunnerArgs
+from llmq_infra.store import Store, StoreArgs
+from llmq_infra.topics import Topics, TopicsArgs
 
-dead_letter_topic = gcp.pubsub.Topic("jobs-dead-letter", name="jobs-dead-letter")
-jobs_topic = gcp.pubsub.Topic("jobs", name="jobs")
+s = load()
+project, region, labels = s.project, s.region, s.labels
 
-results_bucket = gcp.storage.Bucket(
-    "results",
-    location=region,
-    uniform_bucket_level_access=True,
-    public_access_prevention="enforced",
-    lifecycle_rules=[gcp.storage.BucketLifecycleRuleArgs(
-        action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
-        condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=results_retention_days),
-    )],
-)
+apis = Apis("apis", ApisArgs(project=project))
+after_apis = pulumi.ResourceOptions(depends_on=[apis])
 
-# Jobs expire through a TTL policy on expire_at; the field is exempt from indexing (a monotonically
-# increasing indexed field caps a collection at ~500 writes/s).
-jobs_ttl = gcp.firestore.Field(
-    "jobs-expire-at",
-    collection="jobs",
-    field="expire_at",
-    ttl_config=gcp.firestore.FieldTtlConfigArgs(),
-    index_config=gcp.firestore.FieldIndexConfigArgs(),
-)
+registry = Registry("registry", RegistryArgs(project=project, region=region, repository_id=s.repository,
+                                             labels=labels), opts=after_apis)
+store = Store("store", StoreArgs(
+    project=project, region=region, firestore_location=s.firestore_location, database=s.database,
+    create_database=s.create_database,
+    results_bucket=f"{project}-{s.prefix}-results", batch_bucket=f"{project}-{s.prefix}-batch",
+    models_bucket=f"{project}-{s.prefix}-models", sources_bucket=f"{project}-{s.prefix}-sources",
+    results_retention_days=s.results_retention_days, batch_retention_days=s.batch_retention_days,
+    force_destroy=s.force_destroy_buckets, labels=labels), opts=after_apis)
+topics = Topics("topics", TopicsArgs(project=project, jobs_topic=s.name("jobs"),
+                                     dead_letter_topic=s.name("jobs-dead-letter"), labels=labels), opts=after_apis)
 
-pulumi.export("jobs_topic", jobs_topic.name)
-pulumi.export("dead_letter_topic", dead_letter_topic.name)
-pulumi.export("results_bucket", results_bucket.name)
+builder = FunctionBuilder("function-builder", FunctionBuilderArgs(
+    project=project, account_id=s.account_id("build"), repository=registry.repository.repository_id,
+    region=region, sources_bucket=store.sources_bucket.name), opts=after_apis)
+function_build = dict(sources_bucket=store.sources_bucket.name, build_service_account=builder.service_account_id,
+                      docker_repository=registry.repository_path)
+models_json = json.dumps([m.catalog_entry() for m in s.models])
+
+api = Api("api", ApiArgs(
+    project=project, region=region, database=s.database,
+    submit_name=s.name("submit"), status_name=s.name("status"),
+    submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
+    jobs_topic=topics.jobs.name, models_json=models_json, max_instances=s.api_max_instances,
+    invokers=s.api_invokers, labels=labels, **function_build), opts=after_apis)
+maintenance = Maintenance("maintenance", MaintenanceArgs(
+    project=project, region=region, database=s.database,
+    deadletter_name=s.name("deadletter"), reconcile_name=s.name("reconcile"),
+    deadletter_account_id=s.account_id("deadletter"), reconcile_account_id=s.account_id("reconcile"),
+    scheduler_account_id=s.account_id("sched-rec"), jobs_topic=topics.jobs.name, models_json=models_json,
+    reconcile_schedule=s.reconcile_schedule, reconcile_queued_seconds=s.reconcile_queued_seconds,
+    reconcile_lease_lapsed_seconds=s.reconcile_lease_lapsed_seconds, internal_ingress=s.internal_ingress,
+    labels=labels, **function_build), opts=after_apis)
+
+# One runner service per model (DESIGN_NOTES: several models = several runners, filtered pushes).
+runners = [
+    Runner(f"runner-{m.key}", RunnerArgs(
+        project=project, region=region, database=s.database,
+        service_name=s.name(f"runner-{m.key}"), account_id=s.account_id(f"run-{m.key}"), image=s.image,
+        model_id=m.id, model_path=m.path, max_model_len=m.max_model_len,
+        models_bucket=store.models_bucket.name, results_bucket=store.results_bucket.name,
+        cpu=s.runner_cpu, memory_gib=s.runner_memory_gib, max_instances=s.runner_max_instances,
+        max_concurrency=s.max_concurrency, max_inflight=s.max_inflight, lease_seconds=s.lease_seconds,
+        generation_timeout_seconds=s.generation_timeout_seconds, request_timeout_seconds=s.runner_timeout_seconds,
+        startup_timeout_seconds=s.startup_timeout_seconds, gpu_zonal_redundancy=s.gpu_zonal_redundancy,
+        internal_ingress=s.internal_ingress, labels=labels), opts=after_apis)
+    for m in s.models
+]
+
+queue = Queue("queue", QueueArgs(
+    project=project, region=region, jobs_topic=topics.jobs.name, dead_letter_topic=topics.dead_letter.name,
+    dead_letter_topic_id=topics.dead_letter.id, pubsub_agent_member=topics.pubsub_agent_member,
+    runners=[PushTarget(model_id=r.model_id, subscription_name=s.name(f"jobs-{m.key}"), url=r.url,
+                        service_name=r.service_name) for r, m in zip(runners, s.models)],
+    push_account_id=s.account_id("push"), dead_letter_push_account_id=s.account_id("dl-push"),
+    deadletter_url=maintenance.deadletter_url, deadletter_service_name=maintenance.deadletter.service_name,
+    dead_letter_subscription=s.name("jobs-dead-letter-push"),
+    inspection_subscription=s.name("jobs-dead-letter-inspect"),
+    ack_deadline_seconds=s.ack_deadline_seconds, max_delivery_attempts=s.max_delivery_attempts,
+    min_backoff_seconds=s.min_backoff_seconds, max_backoff_seconds=s.max_backoff_seconds, labels=labels),
+    opts=after_apis)
+
+workflow_source, workflow_is_placeholder = workflow_definition()
+if workflow_is_placeholder:
+    pulumi.log.warn("workflows/nightly_batch.yaml not found: deploying a placeholder nightly workflow")
+default_model = s.default_model
+batch = NightlyBatch("batch", NightlyBatchArgs(
+    project=project, region=region, database=s.database,
+    job_name=s.name("batch"), workflow_name=s.name("nightly-batch"), scheduler_name=s.name("nightly-batch"),
+    job_account_id=s.account_id("batch"), workflow_account_id=s.account_id("workflow"),
+    scheduler_account_id=s.account_id("sched-batch"), image=s.image,
+    model_id=default_model.id, model_path=default_model.path, max_model_len=default_model.max_model_len,
+    max_concurrency=s.max_concurrency, models_bucket=store.models_bucket.name,
+    batch_bucket=store.batch_bucket.name, cpu=s.runner_cpu, memory_gib=s.runner_memory_gib,
+    task_timeout_seconds=s.batch_task_timeout_seconds, max_retries=s.batch_max_retries,
+    schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
+    gpu_zonal_redundancy=s.gpu_zonal_redundancy, labels=labels), opts=after_apis)
+
+observability = Observability("observability", ObservabilityArgs(
+    project=project, dashboard_name=f"llmq ({s.prefix})",
+    runner_services=[r.service_name for r in runners],
+    jobs_subscriptions=[sub.name for sub in queue.subscriptions.values()],
+    inspection_subscription=queue.inspection_subscription.name,
+    oldest_unacked_alert_seconds=s.oldest_unacked_alert_seconds, runner_error_ratio=s.runner_error_ratio_alert,
+    alert_emails=s.alert_emails, labels=labels), opts=after_apis)
+
+pulumi.export("submit_url", api.submit_url)
+pulumi.export("status_url", api.status_url)
+pulumi.export("runner_url", runners[0].url)
+pulumi.export("runner_urls", {r.model_id: r.url for r in runners})
+pulumi.export("results_bucket", store.results_bucket.name)
+pulumi.export("batch_bucket", store.batch_bucket.name)
+pulumi.export("models_bucket", store.models_bucket.name)
+pulumi.export("jobs_topic", topics.jobs.name)
+pulumi.export("dead_letter_topic", topics.dead_letter.name)
+pulumi.export("dead_letter_inspection_subscription", queue.inspection_subscription.name)
+pulumi.export("database", store.database_name)
+pulumi.export("image", s.image)
+pulumi.export("image_repository", registry.image_prefix)
+pulumi.export("nightly_workflow", batch.workflow.name)

@@ -3,11 +3,11 @@
     python -m scripts.soak [--jobs 2000] [--concurrency 16] [--kill-every 5-20]
 
 Prints `submitted, succeeded, failed, lost, duplicated` and exits non-zero unless lost = 0 and
-duplicated = 0. One Firestore query listener follows all the run's jobs (tagged by metadata), and
-records every state each one passes through:
+duplicated = 0.
 - lost: accepted (202) but not final when the run ends;
-- duplicated: a job that reached `succeeded` more than once (two finishing writes), or whose GCS
-  result differs from its document (two generations into two results).
+- duplicated: a job whose `succeeded` write landed more than once (the runner logs each finishing
+  write that passed its lease check), or whose GCS result differs from its document (two
+  generations into two results).
 """
 
 from __future__ import annotations
@@ -21,47 +21,38 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-from google.cloud.firestore_v1.base_query import FieldFilter
 
 from scripts.stack_client import FINAL, Stack, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class RunFollower:
-    """One query listener on all jobs of the run: the succeeded states each one went through."""
+def final_states(db: Any, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The current documents, read in batches (a listener on thousands of documents would cost the
+    2-core machine more than the pipeline under test)."""
+    docs: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(job_ids), 300):
+        refs = [db.collection("jobs").document(j) for j in job_ids[i:i + 300]]
+        for snapshot in db.get_all(refs):
+            if snapshot.exists:
+                docs[snapshot.id] = snapshot.to_dict()
+    return docs
 
-    def __init__(self, db: Any, run_id: str) -> None:
-        self.final: dict[str, str] = {}
-        self.succeeded_states: dict[str, set[tuple[str, str]]] = defaultdict(set)
-        self.docs: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-        query = db.collection("jobs").where(filter=FieldFilter("metadata.soak", "==", run_id))
-        self._watch = query.on_snapshot(self._on_snapshot)
 
-    def _on_snapshot(self, _snapshots: list[Any], changes: list[Any], _read_time: Any) -> None:
-        with self._lock:
-            for change in changes:
-                doc = change.document.to_dict()
-                job_id = change.document.id
-                self.docs[job_id] = doc
-                if doc["status"] in FINAL:
-                    self.final[job_id] = doc["status"]
-                if doc["status"] == "succeeded":
-                    self.succeeded_states[job_id].add((str(doc["finished_at"]), doc["output"] or ""))
-
-    def count_final(self, ids: set[str]) -> int:
-        with self._lock:
-            return sum(1 for i in ids if i in self.final)
-
-    def close(self) -> None:
-        self._watch.unsubscribe()
+def finishing_writes(log_path: Path) -> Counter[str]:
+    """Per job, how many `succeeded` writes landed: the runner logs "finished" only after its
+    conditional finish write succeeded (its log spans every restart)."""
+    counts: Counter[str] = Counter()
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"message": "finished"' in line:
+            counts[json.loads(line)["job_id"]] += 1
+    return counts
 
 
 def killer(stack: Stack, stop: threading.Event, low: float, high: float, kills: list[float]) -> None:
@@ -78,8 +69,7 @@ def killer(stack: Stack, stop: threading.Event, low: float, high: float, kills: 
 def run(stack: Stack, *, jobs: int, concurrency: int, kill_every: tuple[float, float], timeout: float) -> int:
     run_id = uuid.uuid4().hex[:12]
     db = stack.firestore()
-    follower = RunFollower(db, run_id)
-    accepted: set[str] = set()
+    accepted: list[str] = []
     rejected = 0
     stop = threading.Event()
     kills: list[float] = []
@@ -102,33 +92,32 @@ def run(stack: Stack, *, jobs: int, concurrency: int, kill_every: tuple[float, f
                 if job_id is None:
                     rejected += 1
                 else:
-                    accepted.add(job_id)
+                    accepted.append(job_id)
         print(f"submitted {len(accepted)} in {time.monotonic() - started:.1f}s; waiting for them to finish", flush=True)
         deadline = time.monotonic() + timeout
-        while follower.count_final(accepted) < len(accepted) and time.monotonic() < deadline:
-            time.sleep(1)
-            done = follower.count_final(accepted)
-            print(f"  {done}/{len(accepted)} final after {time.monotonic() - started:.0f}s", end="\r", flush=True)
-        print()
+        docs = final_states(db, accepted)
+        while sum(d["status"] in FINAL for d in docs.values()) < len(accepted) and time.monotonic() < deadline:
+            stop.wait(3)
+            docs = final_states(db, accepted)
+            done = sum(d["status"] in FINAL for d in docs.values())
+            print(f"  {done}/{len(accepted)} final after {time.monotonic() - started:.0f}s", flush=True)
     finally:
         stop.set()
         chaos.join()
     elapsed = time.monotonic() - started
 
+    status = {job_id: docs.get(job_id, {}).get("status") for job_id in accepted}
+    writes = finishing_writes(Path(stack.info["logs"]) / "runner.log")
+    duplicated = {job_id for job_id in accepted if writes[job_id] > 1}
     bucket = stack.storage().bucket(stack.info["results_bucket"])
-    duplicated = {i for i, states in follower.succeeded_states.items() if len(states) > 1}
-    for job_id in [i for i in accepted if follower.final.get(i) == "succeeded"]:
+    for job_id in (j for j in accepted if status[j] == "succeeded"):
         result = json.loads(bucket.blob(f"results/{job_id}.json").download_as_text())
-        if result["choices"][0]["text"] != follower.docs[job_id]["output"]:
-            duplicated.add(job_id)
-    succeeded = sum(1 for i in accepted if follower.final.get(i) == "succeeded")
-    failed = sum(1 for i in accepted if follower.final.get(i) in ("failed", "cancelled"))
+        if result["choices"][0]["text"] != docs[job_id]["output"]:
+            duplicated.add(job_id)  # two generations, two different results
+    succeeded = sum(1 for s in status.values() if s == "succeeded")
+    failed = sum(1 for s in status.values() if s in ("failed", "cancelled"))
     lost = len(accepted) - succeeded - failed
-    follower.close()
-    failures = defaultdict(int)
-    for i in accepted:
-        if follower.final.get(i) == "failed":
-            failures[(follower.docs[i].get("error") or {}).get("code", "?")] += 1
+    failures = Counter((docs[j].get("error") or {}).get("code", "?") for j in accepted if status[j] == "failed")
     print(f"submitted={len(accepted)} rejected={rejected} succeeded={succeeded} failed={failed} "
           f"lost={lost} duplicated={len(duplicated)}")
     print(f"runner kills={len(kills)} elapsed={elapsed:.1f}s throughput={succeeded / elapsed:.1f} jobs/s "
@@ -141,12 +130,13 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--kill-every", default="5-20", help="seconds between runner kills, LOW-HIGH")
+    parser.add_argument("--kill-every", default="10-30", help="seconds between runner kills, LOW-HIGH")
+    parser.add_argument("--lease-seconds", default="10", help="the runner's lease, if the soak starts the stack")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the jobs after submitting")
     args = parser.parse_args()
     low, high = (float(x) for x in args.kill_every.split("-"))
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    with running_stack(args.state_dir.resolve()) as stack:
+    with running_stack(args.state_dir.resolve(), "--runner-env", f"LLMQ_LEASE_SECONDS={args.lease_seconds}") as stack:
         code = run(stack, jobs=args.jobs, concurrency=args.concurrency, kill_every=(low, high), timeout=args.timeout)
     sys.exit(code)
 

@@ -177,8 +177,8 @@ def started_stack(state_dir: Path, *args: str, timeout: float = 420) -> Iterator
 
 
 @contextmanager
-def running_stack(state_dir: Path) -> Iterator[Stack]:
-    """The stack already running in state_dir, or a new one for the duration of the block."""
+def running_stack(state_dir: Path, *args: str) -> Iterator[Stack]:
+    """The stack already running in state_dir, or a new one (started with `args`) for the block."""
     state = state_dir / "stack.json"
     if state.exists() and all(_alive(pid) for pid in json.loads(state.read_text())["pids"].values()):
         print(f"using the running stack ({state})", flush=True)
@@ -186,6 +186,6 @@ def running_stack(state_dir: Path) -> Iterator[Stack]:
         return
     print("starting the local stack (emulators, functions, runner)...", flush=True)
     started = time.monotonic()
-    with started_stack(state_dir) as stack:
+    with started_stack(state_dir, *args) as stack:
         print(f"stack ready in {time.monotonic() - started:.1f}s", flush=True)
         yield stack

@@ -193,8 +193,12 @@ class VllmEngine:
         kwargs = engine_kwargs(settings)
         logger.info(
             "starting vLLM %s: %s from %s (max_model_len %d, max_num_seqs %d, load_format %s)",
-            vllm_version, kwargs["served_model_name"], kwargs["model"], kwargs["max_model_len"],
-            kwargs["max_num_seqs"], kwargs["load_format"],
+            vllm_version,
+            kwargs["served_model_name"],
+            kwargs["model"],
+            kwargs["max_model_len"],
+            kwargs["max_num_seqs"],
+            kwargs["load_format"],
         )
         # from_engine_args blocks until the engine core process is ready; in a thread the event loop keeps
         # answering health checks. vLLM supports building AsyncLLM outside a running loop (its output handler
@@ -266,9 +270,7 @@ class VllmEngine:
             if state.aborted:  # cancelled while the prompt was being tokenized: vLLM never saw it
                 yield GenerationUpdate("", prompt_tokens, 0, FinishReason.ABORT)
                 return
-            outputs = self._llm.generate(
-                self._vllm.token_prompt(prompt_ids), params, rid, priority=request.priority
-            )
+            outputs = self._llm.generate(self._vllm.token_prompt(prompt_ids), params, rid, priority=request.priority)
             try:
                 async for output in outputs:
                     yield self._to_update(output, prompt_tokens)
@@ -303,13 +305,13 @@ class VllmEngine:
             ]
             rendered = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             if isinstance(rendered, list):  # a tokenizer that ignores tokenize=False already gave ids
-                return rendered
+                return list(rendered)
             # The template writes its own special tokens (BOS): adding them again would double them. vLLM's
             # chat path encodes the same way.
-            return tok.encode(rendered, add_special_tokens=False)
+            return list(tok.encode(rendered, add_special_tokens=False))
         if request.prompt is None:
             raise ValueError("a request needs a prompt or messages")
-        return tok.encode(request.prompt)
+        return list(tok.encode(request.prompt))
 
     def _to_update(self, output: RequestOutput, prompt_tokens: int) -> GenerationUpdate:
         if not output.outputs:  # n=1 always has one completion; guard against an empty final frame anyway

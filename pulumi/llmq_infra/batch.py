@@ -1,0 +1,254 @@
+"""The nightly batch: a Cloud Run job on one L4 running `python -m runner.batch`, the Workflows
+definition that runs it for the files in the batch bucket's inbox, and the Cloud Scheduler job
+that starts the workflow every night with an OAuth token of an identity that may do only that."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+
+from llmq_infra.common import child_options, duration, firestore_condition
+from llmq_infra.runner import GPU_LIMIT, GPU_TYPE, MODELS_MOUNT
+
+WORKFLOW_FILE = Path(__file__).resolve().parents[2] / "workflows" / "nightly_batch.yaml"
+BATCH_COMMAND = ["python", "-m", "runner.batch"]  # the workflow adds --input/--output per file
+EXECUTIONS_API = "https://workflowexecutions.googleapis.com/v1/"
+
+# Used only while workflows/nightly_batch.yaml does not exist yet: runs the batch job once per file
+# under inbox/ (first page of the listing), without the Firestore `batches` bookkeeping.
+PLACEHOLDER_WORKFLOW = """\
+# PLACEHOLDER deployed by pulumi/llmq_infra/batch.py: workflows/nightly_batch.yaml was missing.
+main:
+  params: [args]
+  steps:
+    - init:
+        assign:
+          - project: ${sys.get_env("GOOGLE_CLOUD_PROJECT_ID")}
+          - region: ${sys.get_env("LLMQ_REGION")}
+          - bucket: ${sys.get_env("LLMQ_BATCH_BUCKET")}
+          - job: ${sys.get_env("LLMQ_BATCH_JOB")}
+          - started: 0
+    - list_inbox:
+        call: googleapis.storage.v1.objects.list
+        args:
+          bucket: ${bucket}
+          prefix: "inbox/"
+        result: listing
+    - run_each:
+        for:
+          value: item
+          in: ${default(map.get(listing, "items"), [])}
+          steps:
+            - run_job:
+                call: googleapis.run.v2.projects.locations.jobs.run
+                args:
+                  name: ${"projects/" + project + "/locations/" + region + "/jobs/" + job}
+                  body:
+                    overrides:
+                      containerOverrides:
+                        - args:
+                            - "--input"
+                            - '${"gs://" + bucket + "/" + item.name}'
+                            - "--output"
+                            - '${"gs://" + bucket + "/outbox/" + text.replace_all(item.name, "inbox/", "") + "/"}'
+                  connector_params:
+                    timeout: 14400
+            - count:
+                assign:
+                  - started: ${started + 1}
+    - done:
+        return: ${started}
+"""
+
+
+def workflow_definition(path: Path = WORKFLOW_FILE) -> tuple[str, bool]:
+    """The workflow source and whether it is the placeholder (the real file is not there yet)."""
+    if path.is_file():
+        return path.read_text(), False
+    return PLACEHOLDER_WORKFLOW, True
+
+
+@dataclass
+class NightlyBatchArgs:
+    project: str
+    region: str
+    database: str
+    job_name: str
+    workflow_name: str
+    scheduler_name: str
+    job_account_id: str
+    workflow_account_id: str
+    scheduler_account_id: str
+    image: str
+    model_id: str
+    model_path: str
+    max_model_len: int
+    max_concurrency: int
+    models_bucket: pulumi.Input[str]
+    batch_bucket: pulumi.Input[str]
+    cpu: int
+    memory_gib: int
+    task_timeout_seconds: int
+    max_retries: int
+    schedule: str
+    time_zone: str
+    workflow_source: str
+    gpu_zonal_redundancy: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class NightlyBatch(pulumi.ComponentResource):
+    job: gcp.cloudrunv2.Job
+    workflow: gcp.workflows.Workflow
+    scheduler_job: gcp.cloudscheduler.Job
+
+    def __init__(self, name: str, args: NightlyBatchArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.cpu < 4 or args.memory_gib < 16:
+            raise ValueError("NightlyBatch: an L4 needs at least 4 vCPU and 16 GiB")
+        if not 60 <= args.task_timeout_seconds <= 3600:
+            raise ValueError("NightlyBatch: a GPU task runs at most about an hour (60..3600 s)")
+        if len(args.schedule.split()) != 5:
+            raise ValueError("NightlyBatch: schedule must be a cron expression")
+        if not args.workflow_source.strip():
+            raise ValueError("NightlyBatch: the workflow definition is empty")
+        super().__init__("llmq:infra:NightlyBatch", name, None, opts)
+        child = child_options(self, opts)
+
+        # The job's identity: its batch files, the weights, the `batches` documents.
+        job_sa = gcp.serviceaccount.Account(f"{name}-job-sa", project=args.project, account_id=args.job_account_id,
+                                            display_name="llmq batch job", opts=child)
+        job_grants = [
+            gcp.projects.IAMMember(f"{name}-job-firestore", project=args.project, role="roles/datastore.user",
+                                   member=job_sa.member, condition=firestore_condition(args.project, args.database),
+                                   opts=child),
+            gcp.storage.BucketIAMMember(f"{name}-job-batch-files", bucket=args.batch_bucket,
+                                        role="roles/storage.objectUser", member=job_sa.member, opts=child),
+            gcp.storage.BucketIAMMember(f"{name}-job-models-reader", bucket=args.models_bucket,
+                                        role="roles/storage.objectViewer", member=job_sa.member, opts=child),
+        ]
+        env = {
+            "LLMQ_PROJECT": args.project,
+            "LLMQ_DATABASE": args.database,
+            "LLMQ_ENGINE": "vllm",
+            "LLMQ_MODEL_PATH": f"{MODELS_MOUNT}/{args.model_path}",
+            "LLMQ_MODEL_NAME": args.model_id,
+            "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
+            "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
+            "LLMQ_BATCH_BUCKET": args.batch_bucket,
+        }
+        self.job = gcp.cloudrunv2.Job(
+            f"{name}-job",
+            project=args.project,
+            location=args.region,
+            name=args.job_name,
+            labels=args.labels,
+            deletion_protection=False,
+            template=gcp.cloudrunv2.JobTemplateArgs(
+                task_count=1,
+                parallelism=1,
+                template=gcp.cloudrunv2.JobTemplateTemplateArgs(
+                    service_account=job_sa.email,
+                    execution_environment="EXECUTION_ENVIRONMENT_GEN2",
+                    timeout=duration(args.task_timeout_seconds),
+                    # GPU tasks are stopped, not migrated, on maintenance: a retry resumes the part.
+                    max_retries=args.max_retries,
+                    node_selector=gcp.cloudrunv2.JobTemplateTemplateNodeSelectorArgs(accelerator=GPU_TYPE),
+                    gpu_zonal_redundancy_disabled=not args.gpu_zonal_redundancy,
+                    volumes=[gcp.cloudrunv2.JobTemplateTemplateVolumeArgs(
+                        name="models",
+                        gcs=gcp.cloudrunv2.JobTemplateTemplateVolumeGcsArgs(
+                            bucket=args.models_bucket, read_only=True, mount_options=["implicit-dirs"]),
+                    )],
+                    containers=[gcp.cloudrunv2.JobTemplateTemplateContainerArgs(
+                        name="batch",
+                        image=args.image,
+                        commands=BATCH_COMMAND,
+                        envs=[gcp.cloudrunv2.JobTemplateTemplateContainerEnvArgs(name=k, value=v)
+                              for k, v in env.items()],
+                        resources=gcp.cloudrunv2.JobTemplateTemplateContainerResourcesArgs(
+                            limits={"cpu": str(args.cpu), "memory": f"{args.memory_gib}Gi", GPU_LIMIT: "1"}),
+                        volume_mounts=[gcp.cloudrunv2.JobTemplateTemplateContainerVolumeMountArgs(
+                            name="models", mount_path=MODELS_MOUNT)],
+                    )],
+                ),
+            ),
+            opts=child_options(self, opts, depends_on=job_grants),
+        )
+
+        # The workflow's identity: run this job with per-file arguments, read and move batch files,
+        # record `batches/{id}`, write its call log.
+        wf_sa = gcp.serviceaccount.Account(f"{name}-workflow-sa", project=args.project,
+                                           account_id=args.workflow_account_id,
+                                           display_name="llmq nightly batch workflow", opts=child)
+        wf_grants = [
+            gcp.cloudrunv2.JobIamMember(f"{name}-workflow-runs-job", project=args.project, location=args.region,
+                                        name=self.job.name, role="roles/run.jobsExecutorWithOverrides",
+                                        member=wf_sa.member, opts=child),
+            gcp.storage.BucketIAMMember(f"{name}-workflow-batch-files", bucket=args.batch_bucket,
+                                        role="roles/storage.objectUser", member=wf_sa.member, opts=child),
+            gcp.projects.IAMMember(f"{name}-workflow-firestore", project=args.project, role="roles/datastore.user",
+                                   member=wf_sa.member, condition=firestore_condition(args.project, args.database),
+                                   opts=child),
+            gcp.projects.IAMMember(f"{name}-workflow-logs", project=args.project, role="roles/logging.logWriter",
+                                   member=wf_sa.member, opts=child),
+        ]
+        self.workflow = gcp.workflows.Workflow(
+            f"{name}-workflow",
+            project=args.project,
+            region=args.region,
+            name=args.workflow_name,
+            description="llmq nightly batch: runs the GPU batch job for each file in the inbox",
+            labels=args.labels,
+            service_account=wf_sa.email,
+            source_contents=args.workflow_source,
+            call_log_level="LOG_ERRORS_ONLY",
+            user_env_vars={
+                "LLMQ_PROJECT": args.project,
+                "LLMQ_REGION": args.region,
+                "LLMQ_DATABASE": args.database,
+                "LLMQ_BATCH_BUCKET": args.batch_bucket,
+                "LLMQ_BATCH_JOB": self.job.name,
+            },
+            deletion_protection=False,
+            opts=child_options(self, opts, depends_on=wf_grants),
+        )
+
+        # The scheduler's identity may only start workflow executions. Workflows has no per-workflow
+        # IAM, so the role is project-wide; this identity is used by nothing else.
+        scheduler_sa = gcp.serviceaccount.Account(f"{name}-scheduler-sa", project=args.project,
+                                                  account_id=args.scheduler_account_id,
+                                                  display_name="llmq nightly batch scheduler", opts=child)
+        invoker = gcp.projects.IAMMember(f"{name}-scheduler-workflows-invoker", project=args.project,
+                                         role="roles/workflows.invoker", member=scheduler_sa.member, opts=child)
+        # Executions API body: {"argument": "<JSON string>"}; Cloud Scheduler wants it base64-encoded.
+        body = pulumi.Output.all(args.batch_bucket, self.job.name).apply(lambda v: base64.b64encode(json.dumps({
+            "argument": json.dumps({"batch_bucket": v[0], "job": v[1], "region": args.region}),
+        }).encode()).decode())
+        self.scheduler_job = gcp.cloudscheduler.Job(
+            f"{name}-nightly",
+            project=args.project,
+            region=args.region,
+            name=args.scheduler_name,
+            description="start the nightly batch workflow",
+            schedule=args.schedule,
+            time_zone=args.time_zone,
+            retry_config=gcp.cloudscheduler.JobRetryConfigArgs(retry_count=3),
+            http_target=gcp.cloudscheduler.JobHttpTargetArgs(
+                uri=pulumi.Output.concat(EXECUTIONS_API, self.workflow.id, "/executions"),
+                http_method="POST",
+                headers={"Content-Type": "application/json"},
+                body=body,
+                # Google APIs take OAuth access tokens (OIDC is for Cloud Run / functions).
+                oauth_token=gcp.cloudscheduler.JobHttpTargetOauthTokenArgs(
+                    service_account_email=scheduler_sa.email,
+                    scope="https://www.googleapis.com/auth/cloud-platform"),
+            ),
+            opts=child_options(self, opts, depends_on=[invoker]),
+        )
+        self.register_outputs({"job": self.job.name, "workflow": self.workflow.name,
+                               "scheduler_job": self.scheduler_job.name})

@@ -1,0 +1,185 @@
+"""Durable state: the Firestore database with its TTL policies and indexes, and the buckets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_gcp as gcp
+
+from llmq_infra.common import child_options
+
+JOBS = "jobs"
+BATCHES = "batches"
+REQUEST = "request"  # jobs/{id}/request/body: the durable copy of the request (a collection group)
+
+# Timestamps on `jobs` no query filters on by themselves. Firestore indexes every field by
+# default, and an indexed, ever-increasing value caps a collection at ~500 writes/s (hotspot):
+# exempt them. `created_at` and `lease_expires_at` are still in the composite indexes below.
+# `output` is rewritten ~1/s while streaming and never queried.
+UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expires_at", "deadline_at", "output")
+
+# The reconciler's queries (jobs/adapters/firestore_store.py): equality on status + range on a time.
+COMPOSITE_INDEXES: dict[str, tuple[str, str]] = {
+    "queued-created": ("status", "created_at"),  # status == queued AND created_at < T
+    "running-lease": ("status", "lease_expires_at"),  # status == running AND lease_expires_at < T
+}
+
+
+@dataclass
+class StoreArgs:
+    project: pulumi.Input[str]
+    region: str
+    firestore_location: str
+    database: str
+    create_database: bool
+    results_bucket: str
+    batch_bucket: str
+    models_bucket: str
+    sources_bucket: str
+    results_retention_days: int
+    batch_retention_days: int
+    force_destroy: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Store(pulumi.ComponentResource):
+    database_name: pulumi.Output[str]
+    results_bucket: gcp.storage.Bucket
+    batch_bucket: gcp.storage.Bucket
+    models_bucket: gcp.storage.Bucket
+    sources_bucket: gcp.storage.Bucket
+
+    def __init__(self, name: str, args: StoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.results_retention_days < 1 or args.batch_retention_days < 1:
+            raise ValueError("Store: retention must be at least one day")
+        buckets = [args.results_bucket, args.batch_bucket, args.models_bucket, args.sources_bucket]
+        if len(set(buckets)) != 4:
+            raise ValueError("Store: the four buckets need distinct names")
+        if any(not 3 <= len(b) <= 63 for b in buckets):
+            raise ValueError("Store: bucket names must be 3-63 characters")
+        super().__init__("llmq:infra:Store", name, None, opts)
+        self._name, self._args, self._opts = name, args, opts
+
+        db_deps: list[pulumi.Resource] = []
+        if args.create_database:
+            # deletion_policy ABANDON: `pulumi destroy` never deletes the jobs' history.
+            database = gcp.firestore.Database(
+                f"{name}-database",
+                project=args.project,
+                name=args.database,
+                location_id=args.firestore_location,
+                type="FIRESTORE_NATIVE",
+                deletion_policy="ABANDON",
+                opts=child_options(self, opts),
+            )
+            self.database_name = database.name
+            db_deps.append(database)
+        else:
+            self.database_name = pulumi.Output.from_input(args.database)
+        self._indexes(db_deps)
+
+        self.results_bucket = self._bucket("results", args.results_bucket, delete_after_days=args.results_retention_days,
+                                           force_destroy=args.force_destroy)
+        self.batch_bucket = self._bucket("batch", args.batch_bucket, delete_after_days=args.batch_retention_days,
+                                         force_destroy=args.force_destroy)
+        # Weights stay until replaced; no soft-delete copy of tens of GB per replacement.
+        self.models_bucket = self._bucket("models", args.models_bucket, delete_after_days=None,
+                                          force_destroy=args.force_destroy, soft_delete=False)
+        # Function source archives: Pulumi replaces them (content-hashed names), nothing else reads them.
+        self.sources_bucket = self._bucket("sources", args.sources_bucket, delete_after_days=None,
+                                           force_destroy=True, soft_delete=False)
+        self.register_outputs({
+            "database": self.database_name,
+            "results_bucket": self.results_bucket.name,
+            "batch_bucket": self.batch_bucket.name,
+            "models_bucket": self.models_bucket.name,
+            "sources_bucket": self.sources_bucket.name,
+        })
+
+    def _indexes(self, deps: list[pulumi.Resource]) -> None:
+        """TTL policies, exemptions and composite indexes. Firestore runs index operations on a
+        database one after another; chaining them keeps concurrent updates from being rejected."""
+        name, args = self._name, self._args
+        previous = list(deps)
+
+        def chained() -> pulumi.ResourceOptions:
+            return child_options(self, self._opts, depends_on=previous[-1:])
+
+        # TTL: one field per collection group; the TTL field itself is not indexed. The request copy is
+        # a subcollection, which a parent's deletion does not remove: it carries its own expire_at.
+        for collection in (JOBS, BATCHES, REQUEST):
+            previous.append(gcp.firestore.Field(
+                f"{name}-{collection}-expire-at-ttl",
+                project=args.project,
+                database=args.database,
+                collection=collection,
+                field="expire_at",
+                ttl_config=gcp.firestore.FieldTtlConfigArgs(),
+                index_config=gcp.firestore.FieldIndexConfigArgs(),
+                opts=chained(),
+            ))
+        for job_field in UNINDEXED_JOB_FIELDS:
+            previous.append(gcp.firestore.Field(
+                f"{name}-jobs-{job_field.replace('_', '-')}-unindexed",
+                project=args.project,
+                database=args.database,
+                collection=JOBS,
+                field=job_field,
+                index_config=gcp.firestore.FieldIndexConfigArgs(),  # empty: no single-field index
+                opts=chained(),
+            ))
+        # The request copy is up to ~1 MB of JSON, read by id only.
+        previous.append(gcp.firestore.Field(
+            f"{name}-request-message-unindexed",
+            project=args.project, database=args.database, collection=REQUEST, field="message",
+            index_config=gcp.firestore.FieldIndexConfigArgs(), opts=chained(),
+        ))
+        # The runner's cancellation listener: runner_instance == X (ascending, collection scope).
+        previous.append(gcp.firestore.Field(
+            f"{name}-jobs-runner-instance",
+            project=args.project, database=args.database, collection=JOBS, field="runner_instance",
+            index_config=gcp.firestore.FieldIndexConfigArgs(indexes=[
+                gcp.firestore.FieldIndexConfigIndexArgs(order="ASCENDING", query_scope="COLLECTION"),
+            ]),
+            opts=chained(),
+        ))
+        for index_name, (equality, range_field) in COMPOSITE_INDEXES.items():
+            previous.append(gcp.firestore.Index(
+                f"{name}-jobs-{index_name}",
+                project=args.project,
+                database=args.database,
+                collection=JOBS,
+                query_scope="COLLECTION",
+                fields=[
+                    gcp.firestore.IndexFieldArgs(field_path=equality, order="ASCENDING"),
+                    gcp.firestore.IndexFieldArgs(field_path=range_field, order="ASCENDING"),
+                ],
+                opts=chained(),
+            ))
+
+    def _bucket(self, role: str, bucket_name: str, *, delete_after_days: int | None, force_destroy: bool,
+                soft_delete: bool = True) -> gcp.storage.Bucket:
+        rules = [gcp.storage.BucketLifecycleRuleArgs(
+            action=gcp.storage.BucketLifecycleRuleActionArgs(type="AbortIncompleteMultipartUpload"),
+            condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=1),
+        )]
+        if delete_after_days is not None:
+            rules.append(gcp.storage.BucketLifecycleRuleArgs(
+                action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=delete_after_days),
+            ))
+        return gcp.storage.Bucket(
+            f"{self._name}-{role}",
+            project=self._args.project,
+            name=bucket_name,
+            location=self._args.region,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            force_destroy=force_destroy,
+            lifecycle_rules=rules,
+            soft_delete_policy=None if soft_delete else gcp.storage.BucketSoftDeletePolicyArgs(
+                retention_duration_seconds=0),
+            labels={**self._args.labels, "role": role},
+            opts=child_options(self, self._opts),
+        )
