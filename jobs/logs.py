@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _CONTEXT_FIELDS = ("job_id", "tenant", "delivery", "attempt", "status", "outcome", "trace")
 
@@ -17,7 +17,7 @@ class JsonFormatter(logging.Formatter):
             "severity": record.levelname,
             "message": record.getMessage(),
             "logger": record.name,
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
         }
         for name in _CONTEXT_FIELDS:
             value = getattr(record, name, None)

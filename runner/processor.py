@@ -221,7 +221,7 @@ class JobProcessor:
             text = document_output(update.text)
             try:
                 await self._call(self._store.update, job_id,
-                                 lambda current: lifecycle.stream_output(current, owner=owner, output=text))
+                                 lambda current, text=text: lifecycle.stream_output(current, owner=owner, output=text))
             except DependencyUnavailable:
                 continue  # a skipped partial write loses nothing: the next or the final one carries it
             written = update.text

@@ -130,8 +130,8 @@ class LocalStack:
                                timeout=120)
 
     def _create_resources(self) -> None:
-        from google.cloud import pubsub_v1, storage
         from google.auth.credentials import AnonymousCredentials
+        from google.cloud import pubsub_v1, storage
 
         c = self.config
         publisher = pubsub_v1.PublisherClient()

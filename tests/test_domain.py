@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -13,14 +13,14 @@ from jobs.lifecycle import ClaimOutcome, Completion
 from jobs.models import JobRecord, JobRequest, Usage
 from jobs.state import InvalidTransition, JobStatus, transition
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def _record(**overrides: object) -> JobRecord:
-    base: dict[str, object] = dict(
-        id="job_" + "a" * 32, tenant="t", status=JobStatus.QUEUED, model="m", kind="completion",
-        priority="interactive", created_at=NOW, expire_at=NOW + timedelta(days=1), request_hash="h",
-    )
+    base: dict[str, object] = {
+        "id": "job_" + "a" * 32, "tenant": "t", "status": JobStatus.QUEUED, "model": "m", "kind": "completion",
+        "priority": "interactive", "created_at": NOW, "expire_at": NOW + timedelta(days=1), "request_hash": "h",
+    }
     base.update(overrides)
     return JobRecord.model_validate(base)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from google.cloud import pubsub_v1
 
 from jobs.ids import new_job_id

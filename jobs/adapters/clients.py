@@ -7,23 +7,23 @@ STORAGE_EMULATOR_HOST, which the local stack sets.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 from google.cloud import firestore, pubsub_v1, storage
 
 
-@lru_cache(maxsize=None)
+@cache
 def firestore_client(project: str, database: str = "(default)") -> firestore.Client:
     return firestore.Client(project=project, database=database)
 
 
-@lru_cache(maxsize=None)
+@cache
 def publisher_client() -> pubsub_v1.PublisherClient:
     # Publish at once: a submit waits for its own message, so batching only adds latency.
     return pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_latency=0.001))
 
 
-@lru_cache(maxsize=None)
+@cache
 def storage_client(project: str) -> storage.Client:
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials

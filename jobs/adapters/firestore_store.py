@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -27,7 +26,7 @@ _UPDATE_ATTEMPTS = 8
 # Every call is bounded: an unreachable Firestore must turn into a retryable error well inside a
 # push's ack deadline, not a request hanging on the client's default minute-long retry.
 _TIMEOUT = 10.0
-_CALL = {"timeout": _TIMEOUT, "retry": Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)}
+_RETRY = Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)
 _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
                 gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
 
@@ -52,7 +51,7 @@ class FirestoreJobStore:
             {"message": message.model_dump_json(), "expire_at": record.expire_at},
         )
         try:
-            batch.commit(**_CALL)
+            batch.commit(timeout=_TIMEOUT, retry=_RETRY)
         except gexc.Conflict:  # AlreadyExists: the idempotency key was used before
             return False
         except _UNAVAILABLE as err:
@@ -61,14 +60,14 @@ class FirestoreJobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         try:
-            snapshot = self._jobs.document(job_id).get(**_CALL)
+            snapshot = self._jobs.document(job_id).get(timeout=_TIMEOUT, retry=_RETRY)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def get_message(self, job_id: str) -> JobMessage | None:
         try:
-            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(**_CALL)
+            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(timeout=_TIMEOUT, retry=_RETRY)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobMessage.model_validate_json(snapshot.get("message")) if snapshot.exists else None
@@ -79,7 +78,7 @@ class FirestoreJobStore:
         batch.delete(ref.collection(REQUEST_SUBCOLLECTION).document("body"))
         batch.delete(ref)
         try:
-            batch.commit(**_CALL)
+            batch.commit(timeout=_TIMEOUT, retry=_RETRY)
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
@@ -87,7 +86,7 @@ class FirestoreJobStore:
         ref = self._jobs.document(job_id)
         try:
             for _ in range(_UPDATE_ATTEMPTS):
-                snapshot = ref.get(**_CALL)
+                snapshot = ref.get(timeout=_TIMEOUT, retry=_RETRY)
                 if not snapshot.exists:
                     return None, False
                 current = JobRecord.model_validate(snapshot.to_dict())
@@ -97,7 +96,7 @@ class FirestoreJobStore:
                 before, after = _document(current), _document(new)
                 changes = {k: v for k, v in after.items() if before.get(k) != v}
                 try:
-                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time), **_CALL)
+                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time), timeout=_TIMEOUT, retry=_RETRY)
                     return new, True
                 except (gexc.FailedPrecondition, gexc.NotFound):
                     continue  # changed (or deleted) under us: decide again on the fresh state
@@ -146,6 +145,6 @@ class FirestoreJobStore:
         running = (self._jobs.where(filter=FieldFilter("status", "==", "running"))
                    .where(filter=FieldFilter("lease_expires_at", "<", lease_expired_before)).limit(limit))
         try:
-            return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(**_CALL)]
+            return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=_TIMEOUT, retry=_RETRY)]
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err

@@ -1,0 +1,280 @@
+"""Pipeline benchmark: how much of the engine's own throughput survives the whole pipeline.
+
+    python -m scripts.bench_pipeline [--concurrency 1 8 32] [--max-tokens 128] [--device cpu]
+
+In one run, at each concurrency C (C requests or jobs in flight, closed loop):
+  (a) engine   — the transformers engine on the bench model, called directly;
+  (b) pipeline — HTTP submit → Firestore + Pub/Sub push → runner (same engine and model) → GCS +
+                 Firestore, until each job is `succeeded` (GET ?wait, a Firestore listener);
+  (c) naive    — a worker that pulls one job at a time and processes it alone (what a simple queue
+                 worker does): the same processor, adapters and engine, with one job in flight.
+It prints jobs/s and tokens/s for each, the ratios pipeline ÷ engine and pipeline ÷ naive, writes a
+PNG plot, and appends nothing anywhere else. The local emulators are not a performance model of
+Google Cloud: the ratios, not the absolute numbers, are the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from jobs.engine import GenerationRequest, SamplingOptions
+from scripts.build_tiny_model import ensure_model
+from scripts.stack_client import Stack, started_stack
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "Write a short story about a lighthouse keeper who"
+
+
+@dataclass
+class Point:
+    jobs: int
+    seconds: float
+    tokens: int
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def jobs_for(concurrency: int, rounds: int) -> int:
+    return max(4, concurrency * rounds)
+
+
+# --- (a) the engine alone ---
+
+async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str) -> dict[int, Point]:
+    from runner.engines.transformers_engine import TransformersEngine
+
+    engine = await TransformersEngine.create(model_dir, model_name="bench", device=device,
+                                             max_concurrency=max(levels), max_model_len=2048)
+    results: dict[int, Point] = {}
+    try:
+        await _drive(engine, 2, max_tokens)  # warm-up
+        for c in levels:
+            n = jobs_for(c, rounds)
+            started = time.monotonic()
+            tokens = await _drive_closed_loop(engine, n, c, max_tokens)
+            results[c] = Point(n, time.monotonic() - started, tokens)
+            print(f"  engine   C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s", flush=True)
+    finally:
+        await engine.shutdown()
+    return results
+
+
+async def _generate(engine: Any, max_tokens: int) -> int:
+    request = GenerationRequest(request_id=uuid.uuid4().hex, prompt=PROMPT,
+                                sampling=SamplingOptions(max_tokens=max_tokens, temperature=0.8, top_p=0.95))
+    last = None
+    async for update in engine.generate(request):
+        last = update
+    return last.completion_tokens if last else 0
+
+
+async def _drive(engine: Any, n: int, max_tokens: int) -> int:
+    return sum(await asyncio.gather(*(_generate(engine, max_tokens) for _ in range(n))))
+
+
+async def _drive_closed_loop(engine: Any, n: int, concurrency: int, max_tokens: int) -> int:
+    remaining = n
+    total = 0
+
+    async def worker() -> None:
+        nonlocal remaining, total
+        while remaining > 0:
+            remaining -= 1
+            total += await _generate(engine, max_tokens)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total
+
+
+# --- (b) the whole pipeline ---
+
+def pipeline(stack: Stack, levels: list[int], *, max_tokens: int, rounds: int) -> dict[int, Point]:
+    results: dict[int, Point] = {}
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=200)) as client:
+        def one_job() -> int:
+            job = stack.submit(client, body).json()
+            view = stack.job(client, job["id"], wait=60).json()
+            while view["status"] not in ("succeeded", "failed", "cancelled"):
+                view = stack.job(client, job["id"], wait=60).json()
+            if view["status"] != "succeeded":
+                raise RuntimeError(f"job {job['id']} ended {view['status']}: {view.get('error')}")
+            return int(view["usage"]["completion_tokens"])
+
+        one_job()  # warm-up
+        for c in levels:
+            n = jobs_for(c, rounds)
+            started = time.monotonic()
+            tokens = _closed_loop_threads(one_job, n, c)
+            results[c] = Point(n, time.monotonic() - started, tokens)
+            print(f"  pipeline C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s",
+                  flush=True)
+    return results
+
+
+def _closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) -> int:
+    """Run n jobs with `concurrency` clients, each starting its next job when the last one ends."""
+    lock = threading.Lock()
+    remaining = [n]
+
+    def worker(_: int) -> int:
+        tokens = 0
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    return tokens
+                remaining[0] -= 1
+            tokens += one_job()
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return sum(pool.map(worker, range(concurrency)))
+
+
+# --- (c) the naive one-at-a-time worker ---
+
+async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: int, device: str) -> Point:
+    from google.cloud import pubsub_v1
+
+    from jobs.adapters.firestore_store import FirestoreJobStore
+    from jobs.adapters.gcs_results import GcsResultStore
+    from jobs.adapters.pubsub_publisher import PubSubPublisher
+    from jobs.catalog import ModelCatalog, ModelSpec
+    from jobs.models import JobMessage, JobRequest
+    from jobs.service import JobService
+    from runner.engines.transformers_engine import TransformersEngine
+    from runner.processor import JobProcessor
+    from runner.settings import RunnerSettings
+
+    with stack.emulator_env():
+        publisher_client, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        topic = f"naive-{uuid.uuid4().hex[:6]}"
+        publisher_client.create_topic(name=publisher_client.topic_path(stack.project, topic))
+        subscription = subscriber.subscription_path(stack.project, topic)
+        subscriber.create_subscription(name=subscription, topic=publisher_client.topic_path(stack.project, topic))
+        store = FirestoreJobStore(stack.firestore())
+        service = JobService(store=store, catalog=ModelCatalog([ModelSpec(id=stack.info["model"])]),
+                             publisher=PubSubPublisher(publisher_client, project=stack.project, topics=[topic],
+                                                       timeout=10))
+        engine = await TransformersEngine.create(model_dir, model_name=stack.info["model"], device=device,
+                                                 max_concurrency=1, max_model_len=2048)
+        settings = RunnerSettings(project=stack.project, results_bucket=stack.info["results_bucket"], max_inflight=1)
+        processor = JobProcessor(store=store, results=GcsResultStore(stack.storage(), bucket=settings.results_bucket),
+                                 engine=engine, settings=settings)
+        body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}
+        try:
+            for _ in range(jobs):
+                service.submit(JobRequest.model_validate(body), tenant="public", idempotency_key=None)
+            started = time.monotonic()
+            done, tokens = 0, 0
+            while done < jobs:
+                response = await asyncio.to_thread(subscriber.pull, subscription=subscription, max_messages=1,
+                                                   timeout=30)
+                for received in response.received_messages:
+                    message = JobMessage.model_validate_json(received.message.data)
+                    outcome = await processor.process(message)
+                    subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
+                    record = store.get(message.job_id)
+                    assert outcome.status == 200 and record is not None and record.usage is not None, outcome
+                    tokens += record.usage.completion_tokens
+                    done += 1
+            point = Point(jobs, time.monotonic() - started, tokens)
+        finally:
+            await engine.shutdown()
+    print(f"  naive    C=any {point.jobs_per_s:7.2f} jobs/s {point.tokens_per_s:8.1f} tok/s", flush=True)
+    return point
+
+
+def plot(path: Path, levels: list[int], engine: dict[int, Point], pipe: dict[int, Point], naive: Point) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(levels, [engine[c].tokens_per_s for c in levels], "o-", label="engine alone")
+    ax.plot(levels, [pipe[c].tokens_per_s for c in levels], "s-", label="whole pipeline")
+    ax.plot(levels, [naive.tokens_per_s for _ in levels], "^--", label="naive worker (one job at a time)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(levels, [str(c) for c in levels])
+    ax.set_xlabel("jobs in flight (concurrency)")
+    ax.set_ylabel("generated tokens / s")
+    ax.set_title("llmq pipeline vs engine (bench model, this machine)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="jobs per level = concurrency × rounds (at least 4)")
+    parser.add_argument("--naive-jobs", type=int, default=6)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-size", default="bench", choices=["tiny", "bench"])
+    parser.add_argument("--state-dir", type=Path, default=REPO / ".local" / "bench")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench_pipeline.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    levels = sorted(args.concurrency)
+    model_dir = ensure_model(REPO / ".local" / "models" / args.model_size, args.model_size)
+
+    print("(a) engine alone", flush=True)
+    engine = asyncio.run(engine_alone(model_dir, levels, max_tokens=args.max_tokens, rounds=args.rounds,
+                                      device=args.device))
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    stack_args = ["--model-size", args.model_size, "--push-topics", str(max(1, (max(levels) + 1) // 2)),
+                  "--runner-env", f"LLMQ_MAX_CONCURRENCY={max(levels)}",
+                  "--runner-env", f"LLMQ_MAX_INFLIGHT={max(levels) + max(levels) // 2}",
+                  "--runner-env", f"LLMQ_DEVICE={args.device}"]
+    print("starting the local stack with the bench model...", flush=True)
+    with started_stack(args.state_dir.resolve(), *stack_args) as stack:
+        print("(b) whole pipeline", flush=True)
+        pipe = pipeline(stack, levels, max_tokens=args.max_tokens, rounds=args.rounds)
+        print("(c) naive worker", flush=True)
+        naive = asyncio.run(naive_worker(stack, model_dir, jobs=args.naive_jobs, max_tokens=args.max_tokens,
+                                         device=args.device))
+
+    print("\n| C | engine jobs/s | engine tok/s | pipeline jobs/s | pipeline tok/s | naive jobs/s | "
+          "pipeline ÷ engine | pipeline ÷ naive |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for c in levels:
+        e, p = engine[c], pipe[c]
+        rows.append({"concurrency": c, "engine_jobs_s": e.jobs_per_s, "engine_tok_s": e.tokens_per_s,
+                     "pipeline_jobs_s": p.jobs_per_s, "pipeline_tok_s": p.tokens_per_s,
+                     "naive_jobs_s": naive.jobs_per_s, "naive_tok_s": naive.tokens_per_s,
+                     "pipeline_over_engine": p.tokens_per_s / e.tokens_per_s,
+                     "pipeline_over_naive": p.tokens_per_s / naive.tokens_per_s})
+        print(f"| {c} | {e.jobs_per_s:.2f} | {e.tokens_per_s:.0f} | {p.jobs_per_s:.2f} | {p.tokens_per_s:.0f} | "
+              f"{naive.jobs_per_s:.2f} | {p.tokens_per_s / e.tokens_per_s:.2f} | "
+              f"{p.tokens_per_s / naive.tokens_per_s:.2f} |")
+    print("\n(ratios of tokens/s; jobs generate up to max_tokens and may stop earlier at an end-of-sequence token)")
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    plot(args.plot, levels, engine, pipe, naive)
+    print(f"plot: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
