@@ -19,6 +19,9 @@ import os
 import signal
 import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -45,6 +48,12 @@ class StackConfig:
     batch_bucket: str = "llmq-batch"
     ports: dict[str, int] = field(default_factory=dict)  # fixed ports by component, else free ones
     runner_env: dict[str, str] = field(default_factory=dict)  # extra LLMQ_* for the runner (tests)
+    # Like Cloud Scheduler calling the reconcile function in production; 0 turns it off. Locally it
+    # also covers an emulator quirk: after failed pushes (a killed runner) the emulator may hold
+    # messages back for minutes, where Pub/Sub would redeliver them with the retry policy's backoff.
+    reconcile_every_seconds: float = 30.0
+    reconcile_queued_after_seconds: float = 60.0
+    reconcile_lapsed_after_seconds: float = 10.0
 
     @property
     def topics(self) -> list[str]:
@@ -183,6 +192,11 @@ class LocalStack:
             # Generation must end inside the ack deadline; the lease is renewed while it runs.
             "LLMQ_GENERATION_TIMEOUT_SECONDS": str(c.ack_deadline_seconds - 20),
             "LLMQ_LEASE_SECONDS": "30",
+            # On-demand batches (POST /v1/batches): no Cloud Run jobs here, so the submit function
+            # starts `python -m runner.batch` as a subprocess; each batch logs to logs/batch-<id>.log.
+            "LLMQ_BATCH_BUCKET": c.batch_bucket,
+            "LLMQ_BATCH_LAUNCHER": "local",
+            "LLMQ_BATCH_LOG_DIR": str(self.logs),
         })
         return env
 
@@ -220,8 +234,13 @@ class LocalStack:
         tmp.replace(path)  # atomic: readers never see half a file
 
     def supervise(self) -> None:
-        """Restart services that die until stop() is called."""
+        """Restart services that die, and call the reconciler now and then, until stop() is called."""
+        c = self.config
+        next_reconcile = time.monotonic() + c.reconcile_every_seconds
         while not self._stopping.wait(0.5):
+            if c.reconcile_every_seconds > 0 and time.monotonic() >= next_reconcile:
+                self._reconcile()
+                next_reconcile = time.monotonic() + c.reconcile_every_seconds
             with self._lock:
                 for name, service in self.services.items():
                     if not service.alive() and not self._stopping.is_set():
@@ -234,6 +253,20 @@ class LocalStack:
                             log.error("%s did not come back: %s", name, err)
                             continue
                         self.write_state()
+
+    def _reconcile(self) -> None:
+        body = json.dumps({"queued_for_seconds": self.config.reconcile_queued_after_seconds,
+                           "lease_lapsed_for_seconds": self.config.reconcile_lapsed_after_seconds}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['reconcile']}/", data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                report = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            log.warning("reconcile failed: %s", err)
+            return
+        if report.get("republished") or report.get("expired") or report.get("failed"):
+            log.info("reconciled: %s", report)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -251,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push-topics", type=int, default=8)
     parser.add_argument("--model-size", default="tiny", choices=["tiny", "bench"])
     parser.add_argument("--max-delivery-attempts", type=int, default=10)
+    parser.add_argument("--reconcile-every", type=float, default=30.0,
+                        help="seconds between reconciler runs (0: never), as Cloud Scheduler would call it")
     parser.add_argument("--runner-env", action="append", default=[], metavar="LLMQ_NAME=VALUE",
                         help="extra runner setting (repeatable)")
     components = (*FUNCTIONS, "runner", "pubsub", "firestore", "storage")
@@ -261,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
 
     config = StackConfig(
         state_dir=args.state_dir.resolve(), push_topics=args.push_topics, model_size=args.model_size,
-        max_delivery_attempts=args.max_delivery_attempts,
+        max_delivery_attempts=args.max_delivery_attempts, reconcile_every_seconds=args.reconcile_every,
         ports={n: getattr(args, f"{n}_port") for n in components if getattr(args, f"{n}_port")},
         runner_env=dict(item.split("=", 1) for item in args.runner_env),
     )

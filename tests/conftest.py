@@ -23,7 +23,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     models.mkdir(parents=True, exist_ok=True)
     (state_dir / "models").symlink_to(models, target_is_directory=True)
     # A short lease: a killed runner's job is taken over within seconds, not half a minute.
-    with started_stack(state_dir, "--push-topics", "4", "--runner-env", "LLMQ_LEASE_SECONDS=6",
+    # No periodic reconciler: the fault tests need to see what the pipeline does on its own.
+    with started_stack(state_dir, "--push-topics", "4", "--runner-env", "LLMQ_LEASE_SECONDS=6", "--reconcile-every", "0",
                        timeout=STACK_START_TIMEOUT) as running:
         yield running
 
