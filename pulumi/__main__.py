@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pulumi
-
 from llmq_infra.api import Api, ApiArgs
 from llmq_infra.apis import Apis, ApisArgs
 from llmq_infra.batch import NightlyBatch, NightlyBatchArgs, workflow_definition
@@ -21,6 +19,8 @@ from llmq_infra.registry import Registry, RegistryArgs
 from llmq_infra.runner import Runner, RunnerArgs
 from llmq_infra.store import Store, StoreArgs
 from llmq_infra.topics import Topics, TopicsArgs
+
+import pulumi  # after llmq_infra: ruff files `pulumi` as first-party (the pulumi/ folder)
 
 s = load()
 project, region, labels = s.project, s.region, s.labels
@@ -42,9 +42,11 @@ topics = Topics("topics", TopicsArgs(project=project, jobs_topic=s.name("jobs"),
 
 builder = FunctionBuilder("function-builder", FunctionBuilderArgs(
     project=project, account_id=s.account_id("build"), repository=registry.repository.repository_id,
-    region=region, sources_bucket=store.sources_bucket.name), opts=after_apis)
-function_build = dict(sources_bucket=store.sources_bucket.name, build_service_account=builder.service_account_id,
-                      docker_repository=registry.repository_path)
+    region=region), opts=after_apis)
+# Functions build as the builder identity: its roles must exist before the first build.
+after_builder = pulumi.ResourceOptions(depends_on=[apis, builder])
+function_build = {"sources_bucket": store.sources_bucket.name, "build_service_account": builder.service_account_id,
+                  "docker_repository": registry.repository_path}
 models_json = json.dumps([m.catalog_entry() for m in s.models])
 
 api = Api("api", ApiArgs(
@@ -52,7 +54,7 @@ api = Api("api", ApiArgs(
     submit_name=s.name("submit"), status_name=s.name("status"),
     submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
     jobs_topic=topics.jobs.name, models_json=models_json, max_instances=s.api_max_instances,
-    invokers=s.api_invokers, labels=labels, **function_build), opts=after_apis)
+    invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
 maintenance = Maintenance("maintenance", MaintenanceArgs(
     project=project, region=region, database=s.database,
     deadletter_name=s.name("deadletter"), reconcile_name=s.name("reconcile"),
@@ -60,7 +62,13 @@ maintenance = Maintenance("maintenance", MaintenanceArgs(
     scheduler_account_id=s.account_id("sched-rec"), jobs_topic=topics.jobs.name, models_json=models_json,
     reconcile_schedule=s.reconcile_schedule, reconcile_queued_seconds=s.reconcile_queued_seconds,
     reconcile_lease_lapsed_seconds=s.reconcile_lease_lapsed_seconds, internal_ingress=s.internal_ingress,
-    labels=labels, **function_build), opts=after_apis)
+    labels=labels, **function_build), opts=after_builder)
+
+if not s.image_built:
+    # Bootstrap: the repository is created by this run; the GPU parts follow once the image is in it.
+    pulumi.log.warn("llmq:image is not set: deploying everything except the GPU runner and the batch job. "
+                    "Build the image (cloudbuild.yaml, docs/DEPLOY.md), then `pulumi config set llmq:image "
+                    f"{s.suggested_image()}` and `pulumi up` again.")
 
 # One runner service per model (DESIGN_NOTES: several models = several runners, filtered pushes).
 runners = [
@@ -75,6 +83,7 @@ runners = [
         startup_timeout_seconds=s.startup_timeout_seconds, gpu_zonal_redundancy=s.gpu_zonal_redundancy,
         internal_ingress=s.internal_ingress, labels=labels), opts=after_apis)
     for m in s.models
+    if s.image_built
 ]
 
 queue = Queue("queue", QueueArgs(
@@ -90,21 +99,23 @@ queue = Queue("queue", QueueArgs(
     min_backoff_seconds=s.min_backoff_seconds, max_backoff_seconds=s.max_backoff_seconds, labels=labels),
     opts=after_apis)
 
-workflow_source, workflow_is_placeholder = workflow_definition()
-if workflow_is_placeholder:
-    pulumi.log.warn("workflows/nightly_batch.yaml not found: deploying a placeholder nightly workflow")
-default_model = s.default_model
-batch = NightlyBatch("batch", NightlyBatchArgs(
-    project=project, region=region, database=s.database,
-    job_name=s.name("batch"), workflow_name=s.name("nightly-batch"), scheduler_name=s.name("nightly-batch"),
-    job_account_id=s.account_id("batch"), workflow_account_id=s.account_id("workflow"),
-    scheduler_account_id=s.account_id("sched-batch"), image=s.image,
-    model_id=default_model.id, model_path=default_model.path, max_model_len=default_model.max_model_len,
-    max_concurrency=s.max_concurrency, models_bucket=store.models_bucket.name,
-    batch_bucket=store.batch_bucket.name, cpu=s.runner_cpu, memory_gib=s.runner_memory_gib,
-    task_timeout_seconds=s.batch_task_timeout_seconds, max_retries=s.batch_max_retries,
-    schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
-    gpu_zonal_redundancy=s.gpu_zonal_redundancy, labels=labels), opts=after_apis)
+batch: NightlyBatch | None = None
+if s.image_built:
+    workflow_source, workflow_is_placeholder = workflow_definition()
+    if workflow_is_placeholder:
+        pulumi.log.warn("workflows/nightly_batch.yaml not found: deploying a placeholder nightly workflow")
+    default_model = s.default_model
+    batch = NightlyBatch("batch", NightlyBatchArgs(
+        project=project, region=region, database=s.database,
+        job_name=s.name("batch"), workflow_name=s.name("nightly-batch"), scheduler_name=s.name("nightly-batch"),
+        job_account_id=s.account_id("batch"), workflow_account_id=s.account_id("workflow"),
+        scheduler_account_id=s.account_id("sched-batch"), image=s.image,
+        model_id=default_model.id, model_path=default_model.path, max_model_len=default_model.max_model_len,
+        max_concurrency=s.max_concurrency, models_bucket=store.models_bucket.name,
+        batch_bucket=store.batch_bucket.name, cpu=s.runner_cpu, memory_gib=s.runner_memory_gib,
+        task_timeout_seconds=s.batch_task_timeout_seconds, max_retries=s.batch_max_retries,
+        schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
+        gpu_zonal_redundancy=s.gpu_zonal_redundancy, labels=labels), opts=after_apis)
 
 observability = Observability("observability", ObservabilityArgs(
     project=project, dashboard_name=f"llmq ({s.prefix})",
@@ -116,8 +127,9 @@ observability = Observability("observability", ObservabilityArgs(
 
 pulumi.export("submit_url", api.submit_url)
 pulumi.export("status_url", api.status_url)
-pulumi.export("runner_url", runners[0].url)
-pulumi.export("runner_urls", {r.model_id: r.url for r in runners})
+if runners:
+    pulumi.export("runner_url", runners[0].url)
+    pulumi.export("runner_urls", {r.model_id: r.url for r in runners})
 pulumi.export("results_bucket", store.results_bucket.name)
 pulumi.export("batch_bucket", store.batch_bucket.name)
 pulumi.export("models_bucket", store.models_bucket.name)
@@ -125,6 +137,7 @@ pulumi.export("jobs_topic", topics.jobs.name)
 pulumi.export("dead_letter_topic", topics.dead_letter.name)
 pulumi.export("dead_letter_inspection_subscription", queue.inspection_subscription.name)
 pulumi.export("database", store.database_name)
-pulumi.export("image", s.image)
+pulumi.export("image", s.image or "(not built yet)")
 pulumi.export("image_repository", registry.image_prefix)
-pulumi.export("nightly_workflow", batch.workflow.name)
+if batch is not None:
+    pulumi.export("nightly_workflow", batch.workflow.name)

@@ -20,6 +20,10 @@ class RunnerSettings(BaseSettings):
     model_name: str = "tiny-llama"  # the name clients use in `model`
     device: str = "auto"  # transformers engine: cpu, cuda or auto
     max_model_len: int = 2048
+    # vLLM only: the share of GPU memory for weights and KV cache, and the weight loader
+    # (`auto`, or `runai_streamer` to stream weights from gs:// faster than a FUSE mount reads them).
+    gpu_memory_utilization: float = 0.90
+    load_format: str = "auto"
     max_concurrency: int = 32  # sequences the engine runs at once (vLLM max_num_seqs)
     # Push requests one instance accepts; beyond it the runner answers 429 at once. Somewhat more
     # than max_concurrency, so the engine never idles between requests.

@@ -7,19 +7,22 @@ in a module-scoped fixture of this module only, so no other test module runs und
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import runpy
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 import yaml
 
+import pulumi
 from jobs.settings import ApiSettings
 from runner.settings import RunnerSettings
 
@@ -28,6 +31,8 @@ PROGRAM = REPO / "pulumi"
 PROJECT = "llmq-test-project"
 PROJECT_NUMBER = "123456789012"
 REGION = "us-central1"
+IMAGE = f"{REGION}-docker.pkg.dev/{PROJECT}/llmq/runner:v1"
+CONFIG = {"gcp:project": PROJECT, "llmq:image": IMAGE}
 PUBSUB_AGENT = f"serviceAccount:service-{PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
 PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 # pulumi_gcp's generated modules warn at import about their own deprecated aliases.
@@ -88,8 +93,8 @@ class GcpMocks(pulumi.runtime.Mocks):
         self.resources.append(Recorded(args.typ, args.name, inputs, outputs))
         return resource_id, outputs
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
-        return {}
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        return {}, None  # the program invokes no data sources
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Deployment:
 def deploy(config: dict[str, str]) -> Deployment:
     """Run pulumi/__main__.py as the Python language host does (runpy on the folder) under fresh mocks."""
     mocks = GcpMocks()
+    pulumi.runtime.settings.reset_options()  # a fresh root stack for each run
     pulumi.runtime.set_all_config(config)
     pulumi.runtime.set_mocks(mocks, project="llmq", stack="test", preview=False)
     exports: dict[str, Any] = {}
@@ -155,18 +161,29 @@ def deploy(config: dict[str, str]) -> Deployment:
 
 @pytest.fixture(scope="module")
 def infra() -> Iterator[None]:
-    """The program's package on sys.path (Pulumi puts the program folder first), for the unit tests."""
+    """The program's package on sys.path (Pulumi puts the program folder first), for the unit tests.
+
+    Pulumi's runtime works on the thread's current event loop, which an earlier test's asyncio.run()
+    leaves unset: give it one. It stays current afterwards, as Pulumi keeps using it."""
     sys.path.insert(0, str(PROGRAM))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            asyncio.get_event_loop()
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())
     try:
         yield
     finally:
         sys.path.remove(str(PROGRAM))
+        # Leave the Pulumi runtime as found: no mocks, no config, no root stack.
         pulumi.runtime.set_all_config({})
+        pulumi.runtime.settings.reset_options()
 
 
 @pytest.fixture(scope="module")
 def deployment(infra: None) -> Deployment:
-    return deploy({"gcp:project": PROJECT})
+    return deploy(CONFIG)
 
 
 def env_of(container: dict[str, Any]) -> dict[str, str]:
@@ -234,7 +251,8 @@ def test_runner_env_is_the_runner_settings(deployment: Deployment) -> None:
     env = env_of(runner(deployment).inputs["template"]["containers"][0])
     fields = set(RunnerSettings.model_fields)
     assert all(k.startswith("LLMQ_") and k[5:].lower() in fields for k in env), env
-    settings = RunnerSettings(**{k[5:].lower(): v for k, v in env.items()})  # validates every value
+    values: dict[str, Any] = {k[5:].lower(): v for k, v in env.items()}
+    settings = RunnerSettings(**values)  # validates every value
     assert settings.engine == "vllm"
     assert settings.project == PROJECT
     assert settings.results_bucket == f"{PROJECT}-llmq-results"
@@ -312,9 +330,10 @@ def test_dead_letters_go_to_the_cpu_function_and_are_kept_for_inspection(deploym
 
 
 def test_several_models_get_one_runner_and_one_filtered_subscription_each(infra: None) -> None:
-    models = [{"id": "qwen2.5-7b-instruct", "path": "qwen7b", "key": "qwen7b"},
-              {"id": "llama-3.1-8b", "path": "llama8b", "key": "llama8b", "max_model_len": 4096, "max_tokens": 512}]
-    d = deploy({"gcp:project": PROJECT, "llmq:models": json.dumps(models)})
+    models: list[dict[str, Any]] = [
+        {"id": "qwen2.5-7b-instruct", "path": "qwen7b", "key": "qwen7b"},
+        {"id": "llama-3.1-8b", "path": "llama8b", "key": "llama8b", "max_model_len": 4096, "max_tokens": 512}]
+    d = deploy({**CONFIG, "llmq:models": json.dumps(models)})
     services = {s.inputs["name"]: s for s in d.of(SERVICE)}
     assert set(services) == {"llmq-runner-qwen7b", "llmq-runner-llama8b"}
     for model in models:
@@ -401,8 +420,10 @@ def test_function_archives_hold_the_function_the_shared_package_and_the_api_docu
         assert paths == expected_archive(name), name
         assert {"main.py", "requirements.txt", "openapi.yaml", "jobs/__init__.py"} <= paths
         assert not [p for p in paths if "__pycache__" in p or p.endswith(".pyc")]
-        assert Path(archive.assets["main.py"].path) == REPO / "functions" / name / "main.py"
-        assert Path(archive.assets["jobs/__init__.py"].path) == REPO / "jobs" / "__init__.py"
+        main, package = archive.assets["main.py"], archive.assets["jobs/__init__.py"]
+        assert isinstance(main, pulumi.FileAsset) and isinstance(package, pulumi.FileAsset)
+        assert Path(main.path) == REPO / "functions" / name / "main.py"
+        assert Path(package.path) == REPO / "jobs" / "__init__.py"
 
 
 def test_functions_are_gen2_scale_to_zero_and_are_set_up_for_concurrency(deployment: Deployment) -> None:
@@ -525,7 +546,7 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     assert len(accounts) == len(set(accounts))
     assert set(accounts) == {f"llmq-{s}" for s in (
         "submit", "status", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
-        "batch", "workflow", "sched-batch", "run-qwen2-5-7b-instr")}
+        "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
     runtime = {
         runner(deployment).inputs["template"]["serviceAccount"],
         deployment.one(JOB).inputs["template"]["template"]["serviceAccount"],
@@ -562,11 +583,11 @@ def test_alerts_and_dashboard(deployment: Deployment) -> None:
     filters = " ".join(c["filter"] for c in policies.values())
     assert 'subscription/num_undelivered_messages" AND resource.label.subscription_id = ' \
            'one_of("llmq-jobs-dead-letter-inspect")' in filters
-    assert 'oldest_unacked_message_age" AND resource.label.subscription_id = one_of("llmq-jobs-qwen2-5-7b-instr")' \
+    assert 'oldest_unacked_message_age" AND resource.label.subscription_id = one_of("llmq-jobs-qwen2-5-7b")' \
         in filters
     assert 'response_code_class = "5xx"' in filters
     ratio = [c for c in policies.values() if "denominatorFilter" in c]
-    assert len(ratio) == 1 and 'service_name = one_of("llmq-runner-qwen2-5-7b-instr")' in ratio[0]["denominatorFilter"]
+    assert len(ratio) == 1 and 'service_name = one_of("llmq-runner-qwen2-5-7b")' in ratio[0]["denominatorFilter"]
     dashboard = json.loads(deployment.one("gcp:monitoring/dashboard:Dashboard").inputs["dashboardJson"])
     text = json.dumps(dashboard)
     for metric in ("subscription/num_undelivered_messages", "run.googleapis.com/request_latencies",
@@ -577,8 +598,19 @@ def test_alerts_and_dashboard(deployment: Deployment) -> None:
 def test_artifact_registry_repository_for_the_image(deployment: Deployment) -> None:
     repo = deployment.one("gcp:artifactregistry/repository:Repository").inputs
     assert (repo["format"], repo["repositoryId"], repo["location"]) == ("DOCKER", "llmq", REGION)
-    image = runner(deployment).inputs["template"]["containers"][0]["image"]
-    assert image == f"{REGION}-docker.pkg.dev/{PROJECT}/llmq/runner:latest"
+    assert runner(deployment).inputs["template"]["containers"][0]["image"] == IMAGE
+
+
+def test_without_an_image_everything_but_the_gpu_parts_is_deployed(infra: None) -> None:
+    """Bootstrap: the first `pulumi up` creates the repository the image is pushed to."""
+    d = deploy({"gcp:project": PROJECT})
+    assert not d.of(SERVICE) and not d.of(JOB) and not d.of("gcp:workflows/workflow:Workflow")
+    assert d.one("gcp:artifactregistry/repository:Repository").inputs["repositoryId"] == "llmq"
+    assert {f.inputs["name"] for f in d.of(FUNCTION)} == {f"llmq-{n}" for n in FUNCTIONS}
+    assert {s.inputs["topic"] for s in d.of(SUBSCRIPTION)} == {"llmq-jobs-dead-letter"}
+    assert [p.inputs["displayName"] for p in d.of("gcp:monitoring/alertPolicy:AlertPolicy")] == [
+        "llmq: jobs were dead-lettered"]
+    assert "runner_url" not in d.exports and d.exports["image"] == "(not built yet)"
 
 
 @pulumi.runtime.test
@@ -643,9 +675,31 @@ def test_settings_defaults_and_model_checks(infra: None) -> None:
     assert (settings.ack_deadline_seconds, settings.generation_timeout_seconds, settings.runner_timeout_seconds) == (
         600, 540, 660)
     assert settings.firestore_location == REGION
+    short = Settings(project=PROJECT, ack_deadline_seconds=120)  # the local stack's budget
+    assert (short.generation_timeout_seconds, short.lease_seconds, short.runner_timeout_seconds) == (60, 30, 180)
     with pytest.raises(ConfigError, match="unique"):
         Settings(project=PROJECT, models=(Model(id="a-model", path="a"), Model(id="a-model", path="b")))
     with pytest.raises(ConfigError, match="max_tokens"):
         Model(id="m1", path="m1", max_model_len=512, max_tokens=512)
     with pytest.raises(ConfigError, match="path"):
         Model(id="m1", path="../elsewhere")
+
+
+def example_config() -> dict[str, str]:
+    """Pulumi.example.yaml as the engine hands config to the program (structured values as JSON)."""
+    raw = yaml.safe_load((REPO / "Pulumi.example.yaml").read_text())["config"]
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in raw.items()}
+
+
+def test_example_stack_file_documents_only_keys_the_program_reads(infra: None) -> None:
+    source = (PROGRAM / "llmq_infra" / "config.py").read_text()
+    read = set(re.findall(r'cfg\.get(?:_int|_bool|_float|_object)?\("([A-Za-z]+)"\)', source))
+    documented = {key.split(":", 1)[1] for key in example_config() if key.startswith("llmq:")}
+    assert documented == read - {"project"}  # the example sets gcp:project, the fallback
+
+
+def test_example_stack_file_deploys(infra: None) -> None:
+    config = example_config()
+    d = deploy(config)
+    assert runner(d).inputs["template"]["containers"][0]["image"] == config["llmq:image"]
+    assert runner(d).inputs["name"] == "llmq-runner-qwen2-5-7b"

@@ -37,7 +37,6 @@ from jobs.engine import (
     SamplingOptions,
 )
 from runner.engines.vllm_engine import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
     VllmBindings,
     VllmEngine,
     engine_kwargs,
@@ -311,7 +310,7 @@ def test_engine_kwargs_from_settings() -> None:
         "served_model_name": "llama-3",
         "max_model_len": 4096,
         "max_num_seqs": 64,
-        "gpu_memory_utilization": DEFAULT_GPU_MEMORY_UTILIZATION,
+        "gpu_memory_utilization": 0.90,
         "scheduling_policy": "priority",
         "load_format": "auto",
     }

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
@@ -48,15 +49,17 @@ class Api(pulumi.ComponentResource):
         if args.max_instances < 1:
             raise ValueError("Api: max_instances must be at least 1")
         super().__init__("llmq:infra:Api", name, None, opts)
-        env = {
+        env: dict[str, pulumi.Input[str]] = {
             "LLMQ_PROJECT": args.project,
             "LLMQ_DATABASE": args.database,
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
             "LLMQ_MODELS": args.models_json,
         }
-        common = dict(project=args.project, region=args.region, sources_bucket=args.sources_bucket,
-                      build_service_account=args.build_service_account, docker_repository=args.docker_repository,
-                      labels=args.labels)
+        common: dict[str, Any] = {
+            "project": args.project, "region": args.region, "sources_bucket": args.sources_bucket,
+            "build_service_account": args.build_service_account, "docker_repository": args.docker_repository,
+            "labels": args.labels,
+        }
         child = child_options(self, opts)
         self.submit = HttpFunction(f"{name}-submit", HttpFunctionArgs(
             function_name=args.submit_name, source="submit", entry_point="submit",

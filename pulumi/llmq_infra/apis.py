@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
+
+import pulumi
 
 # What each API is for, so a removal is a decision, not an accident.
 REQUIRED_APIS: dict[str, str] = {

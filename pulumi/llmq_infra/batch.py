@@ -9,9 +9,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options, duration, firestore_condition
 from llmq_infra.runner import GPU_LIMIT, GPU_TYPE, MODELS_MOUNT
 

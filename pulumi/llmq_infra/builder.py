@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options
 
 
@@ -17,7 +17,6 @@ class FunctionBuilderArgs:
     account_id: str
     repository: pulumi.Input[str]  # the Artifact Registry repository id the build pushes to
     region: str
-    sources_bucket: pulumi.Input[str]
 
 
 class FunctionBuilder(pulumi.ComponentResource):
@@ -38,15 +37,11 @@ class FunctionBuilder(pulumi.ComponentResource):
             f"{name}-registry-writer", project=args.project, location=args.region, repository=args.repository,
             role="roles/artifactregistry.writer", member=member, opts=child_options(self, opts))
         # The build fetches the source from Cloud Functions' own staging bucket
-        # (gcf-v2-sources-<number>-<region>, created by the service) and from ours: read access
-        # limited to those buckets by an IAM condition on the object's name.
-        condition = pulumi.Output.from_input(args.sources_bucket).apply(lambda bucket: gcp.projects.IAMMemberConditionArgs(
-            title="function-sources-only",
-            description="read function sources only",
-            expression=(f'resource.name.startsWith("projects/_/buckets/gcf-v2-sources-") || '
-                        f'resource.name.startsWith("projects/_/buckets/{bucket}")'),
-        ))
+        # (gcf-v2-sources-<number>-<region>), which the service creates during the first deploy: no
+        # bucket-level grant can exist before it. Read-only objects at project level is what Google's
+        # own examples grant; an IAM condition on the bucket name is not used because conditions are
+        # not evaluated on buckets without uniform access, which that bucket may be.
         gcp.projects.IAMMember(f"{name}-source-reader", project=args.project, role="roles/storage.objectViewer",
-                               member=member, condition=condition, opts=child_options(self, opts))
+                               member=member, opts=child_options(self, opts))
         self.service_account_id = self.service_account.id
         self.register_outputs({"service_account": self.service_account.email})

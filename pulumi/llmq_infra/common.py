@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pulumi
 import pulumi_gcp as gcp
+
+import pulumi
 
 # Every managed resource of a component waits for the component's own dependencies (the enabled
 # APIs): Pulumi does not pass a component's depends_on down to its children.
@@ -30,6 +31,6 @@ def firestore_condition(project: str, database: str) -> gcp.projects.IAMMemberCo
     )
 
 
-def duration(seconds: int | float) -> str:
+def duration(seconds: float) -> str:
     """Google's protobuf Duration string form ("600s")."""
     return f"{int(seconds)}s"

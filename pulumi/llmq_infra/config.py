@@ -75,7 +75,9 @@ class Model:
         return {"id": self.id, "max_model_len": self.max_model_len, "max_tokens": self.max_tokens}
 
 
-DEFAULT_MODELS = (Model(id="qwen2.5-7b-instruct", path="qwen2.5-7b-instruct", max_model_len=8192, max_tokens=1024),)
+DEFAULT_MODELS = (
+    Model(id="qwen2.5-7b-instruct", path="qwen2.5-7b-instruct", max_model_len=8192, max_tokens=1024, key="qwen2-5-7b"),
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ class Settings:
     create_database: bool = True  # False: the database exists already (created outside this stack)
     # Runner image: Artifact Registry repository created here; the image is built by cloudbuild.yaml
     repository: str = "llmq"
-    image: str = ""  # defaults to <region>-docker.pkg.dev/<project>/<repository>/runner:latest
+    # The runner image (runner/Dockerfile). Empty: the image is not built yet, so this run deploys
+    # everything but the GPU runner and batch job (bootstrap: the repository must exist first).
+    image: str = ""
     models: tuple[Model, ...] = DEFAULT_MODELS
     # Runner (Cloud Run service, one per model, one L4 each)
     runner_cpu: int = 8
@@ -99,7 +103,7 @@ class Settings:
     runner_max_instances: int = 2
     max_concurrency: int = 32  # sequences the engine runs at once (vLLM max_num_seqs)
     max_inflight: int = 48  # pushes one instance accepts (Cloud Run concurrency); beyond: 429
-    lease_seconds: int = 60
+    lease_seconds: int = 0  # defaults to 60 s, or a quarter of a shorter ack deadline
     startup_timeout_seconds: int = 900  # image pull + weight load + CUDA graphs before /readyz is 200
     gpu_zonal_redundancy: bool = False  # False is cheaper and best effort (separate quota)
     # Runner, deadletter and reconcile accept only Google-internal traffic (Pub/Sub push and Cloud
@@ -138,10 +142,10 @@ class Settings:
         # Fill the derived defaults, then check every setting and combination.
         if not self.firestore_location:
             object.__setattr__(self, "firestore_location", self.region)
-        if not self.image:
-            object.__setattr__(self, "image", f"{self.registry_host}/{self.project}/{self.repository}/runner:latest")
         if not self.generation_timeout_seconds:
             object.__setattr__(self, "generation_timeout_seconds", self.ack_deadline_seconds - 60)
+        if not self.lease_seconds:
+            object.__setattr__(self, "lease_seconds", min(60, max(5, self.ack_deadline_seconds // 4)))
         if not self.runner_timeout_seconds:
             object.__setattr__(self, "runner_timeout_seconds",
                                min(self.ack_deadline_seconds + 60, MAX_RUN_TIMEOUT_SECONDS))
@@ -154,7 +158,8 @@ class Settings:
         _check(bool(_NAME.match(self.prefix)) and len(self.prefix) <= 8, "prefix must be 2-8 characters of [a-z0-9-]")
         _check(bool(self.database), "database must not be empty")
         _check(bool(_NAME.match(self.repository)), "repository must be lowercase letters, digits and dashes")
-        _check(":" in self.image.rsplit("/", 1)[-1] or "@sha256:" in self.image, "image must carry a tag or digest")
+        _check(not self.image or ":" in self.image.rsplit("/", 1)[-1] or "@sha256:" in self.image,
+               "image must carry a tag or digest")
         # Models
         _check(len(self.models) >= 1, "at least one model is needed")
         ids = [m.id for m in self.models]
@@ -204,6 +209,14 @@ class Settings:
     @property
     def registry_host(self) -> str:
         return f"{self.region}-docker.pkg.dev"
+
+    @property
+    def image_built(self) -> bool:
+        return bool(self.image)
+
+    def suggested_image(self, tag: str = "v1") -> str:
+        """Where cloudbuild.yaml pushes the runner image (the repository this stack creates)."""
+        return f"{self.registry_host}/{self.project}/{self.repository}/runner:{tag}"
 
     @property
     def default_model(self) -> Model:

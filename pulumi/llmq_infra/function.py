@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.archive import content_digest, function_archive, function_files
 from llmq_infra.common import child_options
 
@@ -107,7 +107,7 @@ class HttpFunction(pulumi.ComponentResource):
         # The run.app URL: the one Cloud Run's ingress and IAM checks are documented for (push
         # endpoints, OIDC audiences, the scheduler target); the cloudfunctions.net alias also works
         # for public callers.
-        self.url = self.function.service_config.apply(lambda config: config.uri if config else None)
+        self.url = self.function.service_config.apply(lambda config: (config.uri or "") if config else "")
         self.service_name = self.function.name
         self.register_outputs({"url": self.url, "service_account": self.service_account.email,
                                "archive_paths": self.archive_paths})

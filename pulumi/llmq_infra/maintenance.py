@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options, duration, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
@@ -51,16 +52,18 @@ class Maintenance(pulumi.ComponentResource):
             raise ValueError("Maintenance: reconcile thresholds are too small")
         super().__init__("llmq:infra:Maintenance", name, None, opts)
         child = child_options(self, opts)
-        env = {
+        env: dict[str, pulumi.Input[str]] = {
             "LLMQ_PROJECT": args.project,
             "LLMQ_DATABASE": args.database,
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
             "LLMQ_MODELS": args.models_json,
         }
         ingress = "ALLOW_INTERNAL_ONLY" if args.internal_ingress else "ALLOW_ALL"
-        common = dict(project=args.project, region=args.region, sources_bucket=args.sources_bucket,
-                      build_service_account=args.build_service_account, docker_repository=args.docker_repository,
-                      ingress=ingress, labels=args.labels)
+        common: dict[str, Any] = {
+            "project": args.project, "region": args.region, "sources_bucket": args.sources_bucket,
+            "build_service_account": args.build_service_account, "docker_repository": args.docker_repository,
+            "ingress": ingress, "labels": args.labels,
+        }
         self.deadletter = HttpFunction(f"{name}-deadletter", HttpFunctionArgs(
             function_name=args.deadletter_name, source="deadletter", entry_point="deadletter",
             account_id=args.deadletter_account_id, env=env, max_instances=3, concurrency=20, timeout_seconds=60,

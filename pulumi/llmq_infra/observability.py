@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options, duration
 
 
@@ -55,7 +55,7 @@ def _chart(title: str, filter_: str, aligner: str, reducer: str, group_by: list[
 
 def dashboard_json(title: str, services: Sequence[str], subscriptions: Sequence[str], inspection: str) -> str:
     """The dashboard's mosaic layout (Cloud Monitoring's JSON shape)."""
-    tiles = [
+    runner_tiles = [
         _chart("Queue depth (jobs not yet delivered)", subscription_filter("num_undelivered_messages", subscriptions),
                "ALIGN_MAX", "REDUCE_SUM", ["resource.label.subscription_id"], 0, 0),
         _chart("Oldest unacknowledged job (s)", subscription_filter("oldest_unacked_message_age", subscriptions),
@@ -69,9 +69,10 @@ def dashboard_json(title: str, services: Sequence[str], subscriptions: Sequence[
                "ALIGN_MAX", "REDUCE_SUM", ["resource.label.service_name", "metric.label.state"], 0, 32),
         _chart("Runner answers by class (2xx ack, 429/5xx redeliver)", runner_filter("request_count", services),
                "ALIGN_RATE", "REDUCE_SUM", ["metric.label.response_code_class"], 24, 32),
-        _chart("Dead letters kept for inspection", subscription_filter("num_undelivered_messages", [inspection]),
-               "ALIGN_MAX", "REDUCE_SUM", [], 0, 48),
     ]
+    tiles = [*(runner_tiles if services else []),
+             _chart("Dead letters kept for inspection", subscription_filter("num_undelivered_messages", [inspection]),
+                    "ALIGN_MAX", "REDUCE_SUM", [], 0, 48)]
     return json.dumps({"displayName": title, "mosaicLayout": {"columns": 48, "tiles": tiles}}, sort_keys=True)
 
 
@@ -80,8 +81,8 @@ class Observability(pulumi.ComponentResource):
     dashboard: gcp.monitoring.Dashboard
 
     def __init__(self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if not args.runner_services or not args.jobs_subscriptions:
-            raise ValueError("Observability: runner services and job subscriptions are needed")
+        if bool(args.runner_services) != bool(args.jobs_subscriptions):
+            raise ValueError("Observability: runners and their subscriptions come together")
         if args.oldest_unacked_alert_seconds < 60:
             raise ValueError("Observability: oldest_unacked_alert_seconds must be at least 60")
         if not 0 < args.runner_error_ratio <= 1:
@@ -110,20 +111,21 @@ class Observability(pulumi.ComponentResource):
 
         per_minute_max = [gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
             alignment_period="60s", per_series_aligner="ALIGN_MAX")]
-        self.alert_policies = {
-            "dead-letters": policy(
-                "dead-letters", "llmq: jobs were dead-lettered",
-                gcp.monitoring.AlertPolicyConditionArgs(
-                    display_name="messages in the dead-letter subscription",
-                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-                        filter=inspection.apply(lambda s: subscription_filter("num_undelivered_messages", [s])),
-                        comparison="COMPARISON_GT", threshold_value=0, duration="0s",
-                        aggregations=per_minute_max)),
-                "Jobs exhausted their delivery attempts and were marked `failed` (`dead_lettered`). "
-                "Read them with `gcloud pubsub subscriptions pull <inspection subscription> --limit 10`; "
-                "acknowledge (`--auto-ack`) to close the alert.",
-                "ERROR"),
-            "oldest-unacked": policy(
+        self.alert_policies = {}
+        self.alert_policies["dead-letters"] = policy(
+            "dead-letters", "llmq: jobs were dead-lettered",
+            gcp.monitoring.AlertPolicyConditionArgs(
+                display_name="messages in the dead-letter subscription",
+                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                    filter=inspection.apply(lambda s: subscription_filter("num_undelivered_messages", [s])),
+                    comparison="COMPARISON_GT", threshold_value=0, duration="0s",
+                    aggregations=per_minute_max)),
+            "Jobs exhausted their delivery attempts and were marked `failed` (`dead_lettered`). "
+            "Read them with `gcloud pubsub subscriptions pull <inspection subscription> --limit 10`; "
+            "acknowledge (`--auto-ack`) to close the alert.",
+            "ERROR")
+        if args.runner_services:  # none before the runner image is built
+            self.alert_policies["oldest-unacked"] = policy(
                 "oldest-unacked", "llmq: jobs wait too long in the queue",
                 gcp.monitoring.AlertPolicyConditionArgs(
                     display_name="oldest unacknowledged job message",
@@ -133,8 +135,8 @@ class Observability(pulumi.ComponentResource):
                         duration="300s", aggregations=per_minute_max)),
                 "The oldest job message has waited longer than the threshold: runners cannot start "
                 "(GPU quota, image, model load), are at max instances, or keep failing the job.",
-                "WARNING"),
-            "runner-5xx": policy(
+                "WARNING")
+            self.alert_policies["runner-5xx"] = policy(
                 "runner-5xx", "llmq: the GPU runner answers 5xx",
                 gcp.monitoring.AlertPolicyConditionArgs(
                     display_name="runner 5xx ratio",
@@ -145,15 +147,15 @@ class Observability(pulumi.ComponentResource):
                         aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
                             alignment_period="300s", per_series_aligner="ALIGN_RATE",
                             cross_series_reducer="REDUCE_SUM", group_by_fields=["resource.label.service_name"])],
-                        denominator_aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                            alignment_period="300s", per_series_aligner="ALIGN_RATE",
-                            cross_series_reducer="REDUCE_SUM", group_by_fields=["resource.label.service_name"])],
+                        denominator_aggregations=[
+                            gcp.monitoring.AlertPolicyConditionConditionThresholdDenominatorAggregationArgs(
+                                alignment_period="300s", per_series_aligner="ALIGN_RATE",
+                                cross_series_reducer="REDUCE_SUM", group_by_fields=["resource.label.service_name"])],
                         comparison="COMPARISON_GT", threshold_value=args.runner_error_ratio,
                         duration=duration(600))),
                 "More than the threshold of pushes got 5xx (transient faults, engine not ready or dead) "
                 "for 10 minutes. See the runner's logs (severity ERROR).",
-                "ERROR"),
-        }
+                "ERROR")
         self.dashboard = gcp.monitoring.Dashboard(
             f"{name}-dashboard", project=args.project,
             dashboard_json=pulumi.Output.all(services, subscriptions, inspection).apply(

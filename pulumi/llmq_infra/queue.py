@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options, duration
 
 PUSH_PATH = "/push"  # the runner's push route (runner/app.py)
@@ -66,8 +66,8 @@ class Queue(pulumi.ComponentResource):
     ack_deadline_seconds: int
 
     def __init__(self, name: str, args: QueueArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if not args.runners:
-            raise ValueError("Queue: at least one runner is needed")
+        # No runners yet (the image is not built): the dead-letter side is deployed alone, and jobs
+        # wait in Firestore until the reconciler republishes them to the runners' subscriptions.
         if len({r.model_id for r in args.runners}) != len(args.runners):
             raise ValueError("Queue: one runner per model")
         if not 10 <= args.ack_deadline_seconds <= 600:

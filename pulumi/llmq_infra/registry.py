@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options
 
 JOBS = "jobs"
@@ -59,7 +59,7 @@ class Store(pulumi.ComponentResource):
         if any(not 3 <= len(b) <= 63 for b in buckets):
             raise ValueError("Store: bucket names must be 3-63 characters")
         super().__init__("llmq:infra:Store", name, None, opts)
-        self._name, self._args, self._opts = name, args, opts
+        self._store_name, self._store_args, self._store_opts = name, args, opts
 
         db_deps: list[pulumi.Resource] = []
         if args.create_database:
@@ -100,11 +100,11 @@ class Store(pulumi.ComponentResource):
     def _indexes(self, deps: list[pulumi.Resource]) -> None:
         """TTL policies, exemptions and composite indexes. Firestore runs index operations on a
         database one after another; chaining them keeps concurrent updates from being rejected."""
-        name, args = self._name, self._args
+        name, args = self._store_name, self._store_args
         previous = list(deps)
 
         def chained() -> pulumi.ResourceOptions:
-            return child_options(self, self._opts, depends_on=previous[-1:])
+            return child_options(self, self._store_opts, depends_on=previous[-1:])
 
         # TTL: one field per collection group; the TTL field itself is not indexed. The request copy is
         # a subcollection, which a parent's deletion does not remove: it carries its own expire_at.
@@ -170,16 +170,16 @@ class Store(pulumi.ComponentResource):
                 condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=delete_after_days),
             ))
         return gcp.storage.Bucket(
-            f"{self._name}-{role}",
-            project=self._args.project,
+            f"{self._store_name}-{role}",
+            project=self._store_args.project,
             name=bucket_name,
-            location=self._args.region,
+            location=self._store_args.region,
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             force_destroy=force_destroy,
             lifecycle_rules=rules,
             soft_delete_policy=None if soft_delete else gcp.storage.BucketSoftDeletePolicyArgs(
                 retention_duration_seconds=0),
-            labels={**self._args.labels, "role": role},
-            opts=child_options(self, self._opts),
+            labels={**self._store_args.labels, "role": role},
+            opts=child_options(self, self._store_opts),
         )

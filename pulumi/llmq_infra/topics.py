@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pulumi
 import pulumi_gcp as gcp
 
+import pulumi
 from llmq_infra.common import child_options
 
 

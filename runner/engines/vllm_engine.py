@@ -1,7 +1,8 @@
 """Engine port adapter over vLLM's v1 `AsyncLLM` (written against vLLM 0.33.0).
 
-`vllm` is imported only here and only lazily (in `start`, `VllmBindings.load`, `to_sampling_params`), so the
-runner and its tests import this module without vLLM installed. `scripts/check_vllm_engine.sh` type-checks it
+`vllm` is imported only here, and at run time only lazily (in `start`, `VllmBindings.load`,
+`to_sampling_params`; the rest is under TYPE_CHECKING), so the runner and its tests import this module without
+vLLM installed. `scripts/check_vllm_engine.sh` type-checks it
 against the real vLLM source.
 
 How requests map onto vLLM:
@@ -12,7 +13,8 @@ How requests map onto vLLM:
   - sampling parameters are always explicit (vLLM's max_tokens defaults to 16) and outputs are CUMULATIVE, which
     is the port's contract: every update carries the whole text so far;
   - `priority` is passed through (lower runs first); it only has effect with scheduling_policy="priority";
-  - vLLM appends a random suffix to request ids internally, so `abort(request_id)` aborts by the id we gave.
+  - vLLM adds a random suffix to request ids internally and maps ours onto it, so `abort` takes the id we gave;
+    it does not refuse duplicate ids, so this engine does (while the first is running).
 Errors: `EngineDeadError` → `EngineDead` (the instance must be replaced); a validation error about length →
 `PromptTooLong`; other validation errors propagate unchanged; finish_reason "error" (vLLM's retryable
 request-level failure) → `EngineError`.
@@ -50,8 +52,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-DEFAULT_LOAD_FORMAT = "auto"  # safetensors, else .bin; "runai_streamer" streams weights (also from gs://)
 
 # vLLM reads seed -1 as "no seed" (random); the API's seed is any signed 64-bit integer, so -1 must stay
 # deterministic. It is moved to a value vLLM keeps (int64 min): the two seeds then sample alike, which is harmless.
@@ -113,19 +113,16 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 
 
 def engine_kwargs(settings: RunnerSettings) -> EngineKwargs:
-    """AsyncEngineArgs arguments from the runner settings.
-
-    `gpu_memory_utilization` and `load_format` are read if RunnerSettings has them, defaults otherwise.
-    """
+    """AsyncEngineArgs arguments from the runner settings."""
     return EngineKwargs(
         model=settings.model_path,  # a local folder or a GCS FUSE mount (gs:// with load_format runai_streamer)
         served_model_name=settings.model_name,
         max_model_len=settings.max_model_len,
         max_num_seqs=settings.max_concurrency,
-        gpu_memory_utilization=float(getattr(settings, "gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION)),
+        gpu_memory_utilization=settings.gpu_memory_utilization,
         # Without it vLLM schedules first-come-first-served and ignores each request's priority.
         scheduling_policy="priority",
-        load_format=str(getattr(settings, "load_format", DEFAULT_LOAD_FORMAT)),
+        load_format=settings.load_format,
     )
 
 
