@@ -152,6 +152,7 @@ class JobRecord(BaseModel):
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     runner_instance: str | None = None
+    republished_at: datetime | None = None  # the reconciler's last re-publish (at most one per period)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=False)

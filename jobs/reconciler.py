@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from jobs import lifecycle
 from jobs.errors import DependencyUnavailable
+from jobs.models import JobRecord
 from jobs.ports import JobStore, Publisher
 from jobs.state import JobStatus
 
@@ -47,6 +48,10 @@ def reconcile(
     stale = store.find_stale(queued_before=now - queued_for, lease_expired_before=now - lease_lapsed_for, limit=limit)
     for record in stale:
         report.examined += 1
+        # At most one re-publish per period: under a backlog a queued job's message may simply be
+        # waiting its turn, and re-publishing it every run would multiply the backlog.
+        if record.republished_at is not None and now - record.republished_at < queued_for:
+            continue
         try:
             if record.status is JobStatus.QUEUED and record.deadline_at is not None and now > record.deadline_at:
                 _, changed = store.update(record.id, lambda current: _expire_if_queued(current, now))
@@ -58,6 +63,9 @@ def reconcile(
                     current, now=now, code="request_lost", message="the job's request could not be found"))
                 report.failed += 1
                 continue
+            _, marked = store.update(record.id, lambda current, seen=record: _mark_republished(current, seen, now))
+            if not marked:
+                continue  # it moved on since the query: nothing to do
             publisher.publish(message)
             report.republished += 1
             log.info("republished", extra={"job_id": record.id, "status": record.status.value})
@@ -67,7 +75,14 @@ def reconcile(
     return report
 
 
-def _expire_if_queued(current, now):  # type: ignore[no-untyped-def]
+def _expire_if_queued(current: JobRecord, now: datetime) -> JobRecord | None:
     if current.status is not JobStatus.QUEUED:
         return None
     return lifecycle.expire(current, now=now)
+
+
+def _mark_republished(current: JobRecord, seen: JobRecord, now: datetime) -> JobRecord | None:
+    """Only if the job is still as the query saw it (same status and lease)."""
+    if current.status is not seen.status or current.lease_expires_at != seen.lease_expires_at:
+        return None
+    return current.model_copy(update={"republished_at": now})
