@@ -237,9 +237,13 @@ class LocalStack:
         """Restart services that die, and call the reconciler now and then, until stop() is called."""
         c = self.config
         next_reconcile = time.monotonic() + c.reconcile_every_seconds
+        reconciling: threading.Thread | None = None
         while not self._stopping.wait(0.5):
-            if c.reconcile_every_seconds > 0 and time.monotonic() >= next_reconcile:
-                self._reconcile()
+            due = c.reconcile_every_seconds > 0 and time.monotonic() >= next_reconcile
+            if due and (reconciling is None or not reconciling.is_alive()):
+                # In the background: a slow reconcile must not delay restarting a dead service.
+                reconciling = threading.Thread(target=self._reconcile, daemon=True)
+                reconciling.start()
                 next_reconcile = time.monotonic() + c.reconcile_every_seconds
             with self._lock:
                 for name, service in self.services.items():
