@@ -15,10 +15,12 @@ class PlatformError(Exception):
     status: int = 500
     code: str = "internal"
 
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, code: str | None = None,
+                 retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.retry_after = retry_after  # seconds, sent as Retry-After (429, 503)
         if code is not None:
             self.code = code
 

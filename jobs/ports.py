@@ -47,6 +47,10 @@ class JobStore(Protocol):
     def find_stale(self, *, queued_before: datetime, lease_expired_before: datetime, limit: int) -> list[JobRecord]:
         ...
 
+    def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
+        """How many of the tenant's jobs match (for quotas)."""
+        ...
+
 
 class Publisher(Protocol):
     def publish(self, message: JobMessage) -> str:

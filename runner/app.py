@@ -23,8 +23,10 @@ from jobs.adapters.clients import firestore_client, storage_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.gcs_results import GcsResultStore
 from jobs.engine import Engine, EngineDead
+from jobs.errors import DependencyUnavailable, Unauthenticated
 from jobs.logs import configure_logging
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
+from jobs.push_auth import PushVerifier
 from runner.engines import start_engine
 from runner.processor import JobProcessor, Outcome
 from runner.settings import RunnerSettings, runner_settings
@@ -64,6 +66,9 @@ class RunnerState:
 
 def create_app(settings: RunnerSettings | None = None) -> Starlette:
     state = RunnerState(settings or runner_settings())
+    s = state.settings
+    verifier = (PushVerifier(audience=s.push_audience, service_account=s.push_service_account,
+                             certs_url=s.push_certs_url) if s.push_audience else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -82,6 +87,15 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
                 await state.engine.shutdown()
 
     async def push(request: Request) -> Response:
+        if verifier is not None:
+            try:
+                await asyncio.to_thread(verifier.verify, request.headers.get("authorization"))
+            except Unauthenticated as err:
+                # Forged or misrouted: Pub/Sub retries and dead-letters it, which is intended.
+                log.warning("push rejected: %s", err.message)
+                return JSONResponse(err.to_body(), status_code=401)
+            except DependencyUnavailable:
+                return _answer(Outcome.retry("token certificates unavailable"))
         try:
             envelope = PushEnvelope.model_validate_json(await request.body())
         except ValidationError:

@@ -34,6 +34,12 @@ class RunnerSettings(BaseSettings):
     lease_seconds: float = 30.0
     # Generation stops (finish_reason "length") past this budget, well inside the ack deadline.
     generation_timeout_seconds: float = 300.0
+    # Push authentication: with an audience set, only pushes whose OIDC token verifies for it (and,
+    # if set, names the push service account) are accepted; others get 401. Off in the local stack.
+    push_audience: str | None = None
+    push_service_account: str | None = None
+    push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+
     # Partial output of `stream` jobs is written at most this often (Firestore: ~1 write/s/doc).
     stream_interval_seconds: float = 1.0
 

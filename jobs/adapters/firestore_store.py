@@ -148,3 +148,16 @@ class FirestoreJobStore:
             return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=_TIMEOUT, retry=_RETRY)]
         except _UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
+
+    def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
+        """An aggregation count (billed per 1000 index entries, no document reads, no counter document)."""
+        query = self._jobs.where(filter=FieldFilter("tenant", "==", tenant))
+        if status is not None:
+            query = query.where(filter=FieldFilter("status", "==", status))
+        if created_since is not None:
+            query = query.where(filter=FieldFilter("created_at", ">=", created_since))
+        try:
+            result = query.count().get(timeout=_TIMEOUT, retry=_RETRY)
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+        return int(result[0][0].value)

@@ -29,8 +29,12 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: PlatformError) -> flask.Response:
-    headers = {"Retry-After": "1"} if err.status in (429, 503) else None
-    return json_response(err.to_body(), err.status, headers)
+    headers: dict[str, str] = {}
+    if err.status in (429, 503):
+        headers["Retry-After"] = str(err.retry_after or 1)
+    if err.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="llmq"'
+    return json_response(err.to_body(), err.status, headers or None)
 
 
 def read_json_body(request: flask.Request, *, max_bytes: int) -> Any:
