@@ -74,6 +74,12 @@ class JobRequest(BaseModel):
         return "chat" if self.messages is not None else "completion"
 
     @property
+    def prompt_chars(self) -> int:
+        if self.messages is not None:
+            return sum(len(m.content) for m in self.messages)
+        return len(self.prompt or "")
+
+    @property
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()

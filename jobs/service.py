@@ -12,6 +12,7 @@ from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidReque
 from jobs.ids import is_job_id, new_job_id
 from jobs.models import JobMessage, JobRecord, JobRequest, JobView
 from jobs.ports import JobStore, Publisher
+from jobs.quotas import Quota, check_quota
 from jobs.state import JobStatus
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,15 @@ class JobService:
         store: JobStore,
         publisher: Publisher,
         catalog: ModelCatalog,
+        quota: Quota | None = None,
+        max_prompt_chars_per_token: int = 16,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._catalog = catalog
+        self._quota = quota
+        self._max_chars_per_token = max_prompt_chars_per_token
         self._clock = clock
 
     def submit(self, request: JobRequest, *, tenant: str, idempotency_key: str | None) -> tuple[JobView, bool]:
@@ -55,8 +60,20 @@ class JobService:
                 f"max_tokens must be at most {spec.max_tokens} for model {spec.id}",
                 details=[{"field": "max_tokens", "code": "too_large", "message": f"at most {spec.max_tokens}"}],
             )
+        # Without the model's tokenizer at hand, bound the prompt by what cannot possibly fit; the
+        # runner checks the exact token count and fails the job (context_length_exceeded).
+        limit = spec.max_model_len * self._max_chars_per_token
+        if request.prompt_chars > limit:
+            field = "messages" if request.messages is not None else "prompt"
+            raise InvalidRequest(
+                f"the prompt is {request.prompt_chars} characters; model {spec.id} takes {spec.max_model_len} tokens",
+                code="context_length_exceeded",
+                details=[{"field": field, "code": "too_long", "message": f"at most {limit} characters"}],
+            )
 
         now = self._clock()
+        if self._quota is not None:
+            check_quota(self._store, tenant, quota=self._quota, now=now)
         job_id = new_job_id(tenant=tenant, idempotency_key=key)
         record = JobRecord(
             id=job_id,

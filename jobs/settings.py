@@ -6,6 +6,7 @@ Every variable is prefixed LLMQ_; nothing else in the functions reads os.environ
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,10 +26,31 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before parsing
     max_wait_seconds: int = 60  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
-    tenant: str = "public"  # the tenant of unauthenticated deployments
+    # Who may call the API (jobs/adapters/caller.py): "api_key" (Authorization: Bearer <key>, keys
+    # hashed in Firestore `api_keys`) or "iam" (Cloud Functions IAM checks Google ID tokens; the
+    # token's email maps to a tenant through iam_tenants, or is the tenant itself).
+    auth_mode: Literal["api_key", "iam"] = "api_key"
+    iam_tenants: dict[str, str] = Field(default_factory=dict)
+    # Per-tenant quotas (0: no limit), counted without a hot document (jobs/quotas.py).
+    quota_submissions_per_minute: int = 600
+    quota_queued_jobs: int = 10_000
+    # Prompts longer than this many characters per token of the model's context cannot fit: 400.
+    max_prompt_chars_per_token: int = 16
     # The reconciler re-publishes jobs queued longer than this, or whose lease lapsed this long ago.
     reconcile_queued_seconds: float = 300
     reconcile_lease_lapsed_seconds: float = 120
+    # Batches (docs/BATCH.md): the bucket with inbox/, outbox/ and inbox-ondemand/ (inline JSONL).
+    batch_bucket: str = "llmq-batch"
+    # POST /v1/batches bodies (inline JSONL included) may be this large; Cloud Functions take 32 MB.
+    max_batch_body_bytes: int = 16 * 1024 * 1024
+    # How an on-demand batch starts: "cloudrun" runs the batch job (region + batch_job) with per-batch
+    # arguments; "local" starts `python -m runner.batch` as a subprocess (the local stack).
+    batch_launcher: Literal["cloudrun", "local"] = "cloudrun"
+    region: str = "us-central1"
+    batch_job: str = "llmq-batch"  # the Cloud Run job's name
+    batch_log_dir: str = ""  # local launcher: where each batch's log goes; empty: discarded
+    batch_local_max_running: int = 2  # local launcher: runners at once (each loads a model); others wait
+    batch_ttl_seconds: int = 30 * 86400  # batches/{id} expire_at
 
     @property
     def catalog(self) -> ModelCatalog:

@@ -11,6 +11,12 @@ In one run, at each concurrency C (C requests or jobs in flight, closed loop):
 It prints jobs/s and tokens/s for each, the ratios pipeline ÷ engine and pipeline ÷ naive, writes a
 PNG plot, and appends nothing anywhere else. The local emulators are not a performance model of
 Google Cloud: the ratios, not the absolute numbers, are the result.
+
+With --batch (opt-in) it adds:
+  (d) batch vs jobs — the same N prompts (--batch-n) as one OpenAI-format batch file through the batch
+                 runner (runner.batch, its engine already loaded, as in a running job) vs as N jobs
+                 through the push pipeline (all N submitted at once); it prints both throughputs and
+                 the ratio batch ÷ jobs.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ async def _drive_closed_loop(engine: Any, n: int, concurrency: int, max_tokens: 
 def pipeline(stack: Stack, levels: list[int], *, max_tokens: int, rounds: int) -> dict[int, Point]:
     results: dict[int, Point] = {}
     body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}
-    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=200)) as client:
+    with stack.http(timeout=120) as client:
         def one_job() -> int:
             job = stack.submit(client, body).json()
             view = stack.job(client, job["id"], wait=60).json()
@@ -202,6 +208,55 @@ async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: 
     return point
 
 
+# --- (d) one batch file vs N jobs (opt-in: --batch) ---
+
+def pipeline_jobs(stack: Stack, n: int, *, max_tokens: int) -> Point:
+    """N jobs through the push pipeline, all submitted at once (at most 64 clients)."""
+    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}
+    with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=200)) as client:
+        def one_job() -> int:
+            job = stack.submit(client, body).json()
+            view = stack.job(client, job["id"], wait=60).json()
+            while view["status"] not in ("succeeded", "failed", "cancelled"):
+                view = stack.job(client, job["id"], wait=60).json()
+            if view["status"] != "succeeded":
+                raise RuntimeError(f"job {job['id']} ended {view['status']}: {view.get('error')}")
+            return int(view["usage"]["completion_tokens"])
+
+        started = time.monotonic()
+        tokens = _closed_loop_threads(one_job, n, min(n, 64))
+        return Point(n, time.monotonic() - started, tokens)
+
+
+async def batch_file(stack: Stack, model_dir: Path, work: Path, n: int, *, max_tokens: int, max_concurrency: int,
+                     device: str) -> Point:
+    """The same N prompts as one batch file through the batch runner (engine loaded beforehand, as in a
+    running job; the time covers reading the file, generating and writing output.jsonl)."""
+    from runner.batch import run_batch
+    from runner.batch_settings import BatchSettings
+    from runner.engines import start_engine
+
+    work.mkdir(parents=True, exist_ok=True)
+    lines = [{"custom_id": f"b{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}}
+             for i in range(n)]
+    source, output = work / f"bench-{uuid.uuid4().hex[:8]}.jsonl", work / f"out-{uuid.uuid4().hex[:8]}"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    settings = BatchSettings(project=stack.project, model_path=str(model_dir), model_name=stack.info["model"],
+                             device=device, max_concurrency=max_concurrency)
+    engine = await start_engine(settings)
+    try:
+        await _drive(engine, 2, max_tokens)  # warm-up, as the pipeline's runner is warm
+        started = time.monotonic()
+        outcome = await run_batch(settings, input_uri=str(source), output_prefix=str(output), engine=engine)
+        seconds = time.monotonic() - started
+    finally:
+        await engine.shutdown()
+    if outcome.counts.completed != n:
+        raise RuntimeError(f"the batch completed {outcome.counts.completed} of {n}: see {output}")
+    return Point(n, seconds, outcome.completion_tokens)
+
+
 def plot(path: Path, levels: list[int], engine: dict[int, Point], pipe: dict[int, Point], naive: Point) -> None:
     import matplotlib
 
@@ -234,6 +289,8 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local" / "bench")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench_pipeline.png")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    parser.add_argument("--batch", action="store_true", help="also run (d): one batch file vs N jobs")
+    parser.add_argument("--batch-n", type=int, default=64, help="prompts in (d)")
     args = parser.parse_args()
     levels = sorted(args.concurrency)
     model_dir = ensure_model(REPO / ".local" / "models" / args.model_size, args.model_size)
@@ -253,6 +310,18 @@ def main() -> None:
         print("(c) naive worker", flush=True)
         naive = asyncio.run(naive_worker(stack, model_dir, jobs=args.naive_jobs, max_tokens=args.max_tokens,
                                          device=args.device))
+        batch_vs_jobs: tuple[Point, Point] | None = None
+        if args.batch:
+            print(f"(d) {args.batch_n} prompts: as N jobs through the pipeline, then as one batch file", flush=True)
+            as_jobs = pipeline_jobs(stack, args.batch_n, max_tokens=args.max_tokens)
+            print(f"  jobs     N={args.batch_n:<3} {as_jobs.jobs_per_s:7.2f} jobs/s {as_jobs.tokens_per_s:8.1f} tok/s",
+                  flush=True)
+            as_batch = asyncio.run(batch_file(stack, model_dir, args.state_dir / "batch", args.batch_n,
+                                              max_tokens=args.max_tokens, max_concurrency=max(levels),
+                                              device=args.device))
+            print(f"  batch    N={args.batch_n:<3} {as_batch.jobs_per_s:7.2f} req/s  {as_batch.tokens_per_s:8.1f} tok/s",
+                  flush=True)
+            batch_vs_jobs = (as_batch, as_jobs)
 
     print("\n| C | engine jobs/s | engine tok/s | pipeline jobs/s | pipeline tok/s | naive jobs/s | "
           "pipeline ÷ engine | pipeline ÷ naive |")
@@ -269,11 +338,24 @@ def main() -> None:
               f"{naive.jobs_per_s:.2f} | {p.tokens_per_s / e.tokens_per_s:.2f} | "
               f"{p.tokens_per_s / naive.tokens_per_s:.2f} |")
     print("\n(ratios of tokens/s; jobs generate up to max_tokens and may stop earlier at an end-of-sequence token)")
+    report: dict[str, Any] = {"levels": rows}
+    if batch_vs_jobs is not None:
+        as_batch, as_jobs = batch_vs_jobs
+        print(f"\n| N = {args.batch_n} prompts | requests/s | tokens/s | seconds |\n|---|---|---|---|")
+        for label, point in (("one batch file (runner.batch)", as_batch), ("N jobs (push pipeline)", as_jobs)):
+            print(f"| {label} | {point.jobs_per_s:.2f} | {point.tokens_per_s:.0f} | {point.seconds:.1f} |")
+        print(f"batch ÷ jobs: {as_batch.jobs_per_s / as_jobs.jobs_per_s:.2f}× requests/s, "
+              f"{as_batch.tokens_per_s / as_jobs.tokens_per_s:.2f}× tokens/s")
+        report["batch_vs_jobs"] = {
+            "n": args.batch_n, "batch_req_s": as_batch.jobs_per_s, "batch_tok_s": as_batch.tokens_per_s,
+            "jobs_req_s": as_jobs.jobs_per_s, "jobs_tok_s": as_jobs.tokens_per_s,
+            "batch_over_jobs_req": as_batch.jobs_per_s / as_jobs.jobs_per_s,
+            "batch_over_jobs_tok": as_batch.tokens_per_s / as_jobs.tokens_per_s}
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(args.plot, levels, engine, pipe, naive)
     print(f"plot: {args.plot}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(rows if batch_vs_jobs is None else report, indent=2))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class StackConfig:
     min_backoff_seconds: int = 1
     max_backoff_seconds: int = 20
     results_bucket: str = "llmq-results"
+    tenant: str = "local"  # the tenant of the API key the stack creates
     batch_bucket: str = "llmq-batch"
     ports: dict[str, int] = field(default_factory=dict)  # fixed ports by component, else free ones
     runner_env: dict[str, str] = field(default_factory=dict)  # extra LLMQ_* for the runner (tests)
@@ -77,6 +78,7 @@ class LocalStack:
         }
         self.emulators: dict[str, ManagedProcess] = {}
         self.settings_env: dict[str, str] = {}
+        self.api_key = ""
         self.services: dict[str, ManagedProcess] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -90,6 +92,7 @@ class LocalStack:
         self._start_emulators()
         os.environ.update(self.emulator_env)  # for this process's own admin clients
         self._create_resources()
+        self.api_key = self._create_api_key()
         env = self._service_env(model_dir)
         self.settings_env = {k: v for k, v in {**env, **self.config.runner_env}.items() if k.startswith("LLMQ_")}
         python = sys.executable
@@ -175,6 +178,15 @@ class LocalStack:
         for bucket in (c.results_bucket, c.batch_bucket):
             gcs.create_bucket(bucket)
 
+    def _create_api_key(self) -> str:
+        from google.cloud import firestore
+
+        from jobs.adapters.api_key_store import FirestoreApiKeyStore
+        from scripts.api_keys import create_key
+
+        store = FirestoreApiKeyStore(firestore.Client(project=self.config.project))
+        return create_key(store, tenant=self.config.tenant, name="local stack")
+
     def _service_env(self, model_dir: Path) -> dict[str, str]:
         c = self.config
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
@@ -221,6 +233,8 @@ class LocalStack:
             "dead_letter_topic": c.dead_letter_topic,
             "dead_letter_subscription": f"{c.dead_letter_topic}-sub",
             "model": c.model_name,
+            "api_key": self.api_key,
+            "tenant": c.tenant,
             "logs": str(self.logs),
             # The LLMQ_* settings the services run with, so a client can start another instance.
             "settings_env": self.settings_env,

@@ -77,7 +77,7 @@ def run(stack: Stack, *, jobs: int, concurrency: int, kill_every: tuple[float, f
     started = time.monotonic()
     chaos.start()
     try:
-        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(concurrency) as pool:
+        with stack.http(timeout=60) as client, ThreadPoolExecutor(concurrency) as pool:
             def submit(i: int) -> str | None:
                 body = {"prompt": f"soak {i}:", "max_tokens": 8 + i % 9, "metadata": {"soak": run_id}}
                 for _ in range(5):  # a client retries 503s with its idempotency key

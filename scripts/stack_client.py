@@ -66,8 +66,11 @@ class Stack:
         os.environ.update(self.info["env"])
         return storage.Client(project=self.project, credentials=AnonymousCredentials())
 
-    def http(self, timeout: float = 30.0) -> httpx.Client:
-        return httpx.Client(timeout=timeout)
+    def http(self, timeout: float = 30.0, *, api_key: str | None = None) -> httpx.Client:
+        """An HTTP client that sends the stack's API key (or the one given) with every request."""
+        key = api_key if api_key is not None else self.info.get("api_key")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(timeout=timeout, headers=headers)
 
     def submit(self, client: httpx.Client, body: Any, **kwargs: Any) -> httpx.Response:
         return client.post(f"{self.info['submit_url']}/v1/jobs", json=body, **kwargs)

@@ -57,13 +57,14 @@ class JobFactory:
     def __init__(self, stack: Stack, topic: str) -> None:
         with stack.emulator_env():
             client = pubsub_v1.PublisherClient()
+        self.tenant = str(stack.info["tenant"])  # the stack's own key's tenant: its jobs read back over HTTP
         self.store = FirestoreJobStore(stack.firestore())
         self.publisher = PubSubPublisher(client, project=stack.project, topics=[topic], timeout=10)
         self.service = JobService(store=self.store, publisher=self.publisher,
                                   catalog=ModelCatalog([ModelSpec(id=stack.info["model"])]))
 
     def submit(self, body: dict[str, Any]) -> JobMessage:
-        view, created = self.service.submit(JobRequest.model_validate(body), tenant="public", idempotency_key=None)
+        view, created = self.service.submit(JobRequest.model_validate(body), tenant=self.tenant, idempotency_key=None)
         assert created
         message = self.store.get_message(view.id)
         assert message is not None
@@ -108,3 +109,20 @@ def wait_for_log(path: Path, needle: str, *, timeout: float, start: int = 0) -> 
 
 def log_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+@contextmanager
+def extra_function(stack: Stack, target: str, tmp_path: Path, **settings: str) -> Iterator[str]:
+    """Another instance of a function with the stack's settings (plus overrides); yields its URL."""
+    port = free_port()
+    env = {**os.environ, **stack.info["env"], **stack.info["settings_env"], "PYTHONPATH": str(REPO)}
+    env.update({f"LLMQ_{k.upper()}": v for k, v in settings.items()})
+    argv = [sys.executable, "-m", "scripts.serve_function", "--target", target,
+            "--source", str(REPO / "functions" / target / "main.py"), "--port", str(port)]
+    function = ManagedProcess(f"{target}-{port}", argv, log_dir=tmp_path, env=env, cwd=REPO)
+    function.start()
+    try:
+        function.wait_http(f"http://127.0.0.1:{port}/openapi.json", timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        function.stop()

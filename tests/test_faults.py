@@ -121,7 +121,7 @@ def test_firestore_outage_nacks_then_succeeds(stack: Stack, db: Any) -> None:
 def test_publish_failure_at_submit_is_503_and_leaves_no_queued_job(stack: Stack, http: httpx.Client,
                                                                      db: Any) -> None:
     key = f"outage-{uuid.uuid4()}"
-    job_id = new_job_id(tenant="public", idempotency_key=key)
+    job_id = new_job_id(tenant=stack.info["tenant"], idempotency_key=key)
     body = {"prompt": "publish me", "max_tokens": 8}
     with paused(stack.pid("pubsub_emulator")):
         response = stack.submit(http, body, headers={"Idempotency-Key": key}, timeout=60)

@@ -28,7 +28,7 @@ def _result_text(result: dict[str, Any]) -> str:
 
 def test_twenty_concurrent_jobs_succeed_and_results_match(stack: Stack, db: Any) -> None:
     bodies = [_body(i) for i in range(20)]
-    with JobWatcher(db) as watcher, ThreadPoolExecutor(20) as pool, httpx.Client(timeout=30) as client:
+    with JobWatcher(db) as watcher, ThreadPoolExecutor(20) as pool, stack.http() as client:
         def submit(body: dict[str, Any]) -> dict[str, Any]:
             response = stack.submit(client, body)
             assert response.status_code == 202, response.text

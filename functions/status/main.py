@@ -1,4 +1,4 @@
-"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/models, GET /openapi.json."""
+"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/batches/{id}, GET /v1/models, GET /openapi.json."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import time
 import flask
 import functions_framework
 
-from jobs.adapters.http import error_response, json_response, openapi_document
+from jobs.adapters.batch_wiring import batch_service
+from jobs.adapters.caller import caller_tenant
+from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document
 from jobs.adapters.wiring import job_service
 from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound, PlatformError
 from jobs.settings import api_settings
 
+install_json_errors(functions_framework.errorhandler)
+
 _JOB = re.compile(r"^/v1/jobs/([^/]+)$")
+_BATCH = re.compile(r"^/v1/batches/([^/]+)$")
 _STARTED = int(time.time())
 
 
@@ -27,15 +32,18 @@ def status(request: flask.Request) -> flask.Response:
 
 def _route(request: flask.Request) -> flask.Response:
     path = request.path.rstrip("/") or "/"
+    if path == "/openapi.json" and request.method == "GET":  # the only route open without a key
+        return json_response(openapi_document())
+    tenant = caller_tenant(request)  # authentication first: nothing is read before it
     if request.method != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed here; use GET")
-    if path == "/openapi.json":
-        return json_response(openapi_document())
     if path == "/v1/models":
         return json_response(api_settings().catalog.openai_list(created=_STARTED))
     if match := _JOB.match(path):
-        view = job_service().get(match.group(1), tenant=api_settings().tenant, wait_seconds=_wait(request))
+        view = job_service().get(match.group(1), tenant=tenant, wait_seconds=_wait(request))
         return json_response(view.to_json())
+    if match := _BATCH.match(path):
+        return json_response(batch_service().get(match.group(1), tenant=tenant).view())
     raise NotFound(f"no route for {path}")
 
 

@@ -1,4 +1,5 @@
-"""The submit function: POST /v1/jobs, POST /v1/jobs/{id}/cancel, GET /openapi.json."""
+"""The submit function: POST /v1/jobs, POST /v1/jobs/{id}/cancel, POST /v1/batches,
+POST /v1/batches/{id}/cancel, GET /openapi.json."""
 
 from __future__ import annotations
 
@@ -8,13 +9,26 @@ import flask
 import functions_framework
 from pydantic import ValidationError
 
-from jobs.adapters.http import error_response, json_response, openapi_document, read_json_body, validation_error
+from jobs.adapters.batch_wiring import batch_service
+from jobs.adapters.caller import caller_tenant
+from jobs.adapters.http import (
+    error_response,
+    install_json_errors,
+    json_response,
+    openapi_document,
+    read_json_body,
+    validation_error,
+)
 from jobs.adapters.wiring import job_service
+from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
 from jobs.models import JobRequest
 from jobs.settings import api_settings
 
+install_json_errors(functions_framework.errorhandler)
+
 _CANCEL = re.compile(r"^/v1/jobs/([^/]+)/cancel$")
+_BATCH_CANCEL = re.compile(r"^/v1/batches/([^/]+)/cancel$")
 
 
 @functions_framework.http
@@ -27,20 +41,27 @@ def submit(request: flask.Request) -> flask.Response:
 
 def _route(request: flask.Request) -> flask.Response:
     path = request.path.rstrip("/") or "/"
-    if path == "/openapi.json":
+    if path == "/openapi.json":  # the only route open without a key
         _require(request, "GET")
         return json_response(openapi_document())
+    tenant = caller_tenant(request)  # authentication first: nothing is read or written before it
     if path == "/v1/jobs":
         _require(request, "POST")
-        return _submit(request)
+        return _submit(request, tenant)
     if match := _CANCEL.match(path):
         _require(request, "POST")
-        view = job_service().cancel(match.group(1), tenant=api_settings().tenant)
+        view = job_service().cancel(match.group(1), tenant=tenant)
         return json_response(view.to_json())
+    if path == "/v1/batches":
+        _require(request, "POST")
+        return _create_batch(request, tenant)
+    if match := _BATCH_CANCEL.match(path):
+        _require(request, "POST")
+        return json_response(batch_service().cancel(match.group(1), tenant=tenant).view())
     raise NotFound(f"no route for {path}")
 
 
-def _submit(request: flask.Request) -> flask.Response:
+def _submit(request: flask.Request, tenant: str) -> flask.Response:
     settings = api_settings()
     body = read_json_body(request, max_bytes=settings.max_body_bytes)
     try:
@@ -48,9 +69,20 @@ def _submit(request: flask.Request) -> flask.Response:
     except ValidationError as err:
         raise validation_error(err) from None
     view, created = job_service().submit(
-        job_request, tenant=settings.tenant, idempotency_key=request.headers.get("Idempotency-Key")
+        job_request, tenant=tenant, idempotency_key=request.headers.get("Idempotency-Key")
     )
     return json_response(view.to_json(), 202 if created else 200, {"Location": f"/v1/jobs/{view.id}"})
+
+
+def _create_batch(request: flask.Request, tenant: str) -> flask.Response:
+    settings = api_settings()
+    body = read_json_body(request, max_bytes=settings.max_batch_body_bytes)
+    try:
+        create = CreateBatchRequest.model_validate(body)
+    except ValidationError as err:
+        raise validation_error(err) from None
+    record = batch_service().create(create, tenant=tenant)
+    return json_response(record.view(), 202, {"Location": f"/v1/batches/{record.id}"})
 
 
 def _require(request: flask.Request, method: str) -> None:

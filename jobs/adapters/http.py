@@ -12,6 +12,7 @@ from typing import Any
 import flask
 import yaml
 from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
 
 from jobs.errors import InvalidRequest, PayloadTooLarge, PlatformError, UnsupportedMediaType
 
@@ -35,6 +36,21 @@ def error_response(err: PlatformError) -> flask.Response:
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmq"'
     return json_response(err.to_body(), err.status, headers or None)
+
+
+def install_json_errors(errorhandler: Any) -> None:
+    """Make the framework's own errors (an unroutable path, a crash) answer in the API's JSON shape
+    instead of Flask's HTML pages. `errorhandler` is functions_framework.errorhandler."""
+
+    @errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> flask.Response:
+        code = (err.name or "error").lower().replace(" ", "_")
+        return json_response(PlatformError(err.description or err.name, code=code).to_body(), err.code or 500)
+
+    @errorhandler(Exception)
+    def _crash(err: Exception) -> flask.Response:
+        log.exception("unhandled error")
+        return json_response(PlatformError("internal error").to_body(), 500)
 
 
 def read_json_body(request: flask.Request, *, max_bytes: int) -> Any:
@@ -101,10 +117,19 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 
 def _depth(value: Any, level: int = 1) -> int:
+    """Nesting depth (stopping past the limit). Raises InvalidRequest for a string that is not valid
+    Unicode (a lone surrogate, which JSON escapes allow but no store accepts)."""
     if level > MAX_JSON_DEPTH:
         return level
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("the body contains an invalid Unicode escape (a lone surrogate)",
+                                 code="invalid_json") from None
+        return level
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
+        return max((_depth(v, level + 1) for v in [*value.keys(), *value.values()]), default=level)
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level)
     return level

@@ -8,6 +8,7 @@ from jobs.adapters.clients import firestore_client, publisher_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.pubsub_publisher import PubSubPublisher
 from jobs.logs import configure_logging
+from jobs.quotas import Quota
 from jobs.service import JobService
 from jobs.settings import api_settings
 
@@ -28,4 +29,10 @@ def publisher() -> PubSubPublisher:
 
 @lru_cache(maxsize=1)
 def job_service() -> JobService:
-    return JobService(store=job_store(), publisher=publisher(), catalog=api_settings().catalog)
+    settings = api_settings()
+    return JobService(
+        store=job_store(), publisher=publisher(), catalog=settings.catalog,
+        quota=Quota(submissions_per_minute=settings.quota_submissions_per_minute,
+                    queued_jobs=settings.quota_queued_jobs),
+        max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
+    )

@@ -1,0 +1,135 @@
+"""BatchStore over Firestore (`batches/{id}`), and the throttle that keeps progress writes to about one
+per second per document (Firestore's sustained per-document rate)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
+from google.cloud import firestore
+
+from jobs.batches import BatchRecord, Mutation
+from jobs.errors import DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
+BATCHES = "batches"
+_UPDATE_ATTEMPTS = 10
+_TIMEOUT = 10.0
+_RETRY = Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)
+_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
+                gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
+
+
+class FirestoreBatchStore:
+    def __init__(self, client: firestore.Client, *, collection: str = BATCHES) -> None:
+        self._client = client
+        self._batches = client.collection(collection)
+
+    def create(self, record: BatchRecord) -> bool:
+        try:
+            self._batches.document(record.id).create(record.to_document(), timeout=_TIMEOUT, retry=_RETRY)
+        except gexc.Conflict:
+            return False
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+        return True
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        try:
+            snapshot = self._batches.document(batch_id).get(timeout=_TIMEOUT, retry=_RETRY)
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+        return _record(snapshot.id, snapshot.to_dict()) if snapshot.exists else None
+
+    def delete(self, batch_id: str) -> None:
+        try:
+            self._batches.document(batch_id).delete(timeout=_TIMEOUT, retry=_RETRY)
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+
+    def update(self, batch_id: str, mutate: Mutation) -> tuple[BatchRecord | None, bool]:
+        ref = self._batches.document(batch_id)
+        try:
+            for _ in range(_UPDATE_ATTEMPTS):
+                snapshot = ref.get(timeout=_TIMEOUT, retry=_RETRY)
+                if not snapshot.exists:
+                    return None, False
+                current = _record(snapshot.id, snapshot.to_dict())
+                new = mutate(current)
+                if new is None:
+                    return current, False
+                before, after = current.to_document(), new.to_document()
+                changes = {k: v for k, v in after.items() if before.get(k) != v}
+                if not changes:
+                    return current, False
+                try:
+                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time),
+                               timeout=_TIMEOUT, retry=_RETRY)
+                    return new, True
+                except (gexc.FailedPrecondition, gexc.NotFound):
+                    continue  # changed under us (another task, a cancel): decide again on the fresh state
+        except _UNAVAILABLE as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+        raise DependencyUnavailable(f"batch {batch_id} is changing too often to update; retry")
+
+    def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
+        def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+            for snapshot in snapshots:
+                if snapshot.exists:
+                    try:
+                        on_change(_record(snapshot.id, snapshot.to_dict()))
+                    except Exception:  # a listener callback must never kill the watch thread
+                        log.exception("batch listener callback failed")
+
+        watch = self._batches.document(batch_id).on_snapshot(on_snapshot)
+        return watch.unsubscribe
+
+
+def _record(batch_id: str, doc: dict[str, Any] | None) -> BatchRecord:
+    return BatchRecord.model_validate({"id": batch_id, **(doc or {})})
+
+
+class ThrottledProgress:
+    """Coalesces progress writes: `offer()` writes at once if the last write is older than `interval`, else
+    remembers the value for the next offer or `flush()`. Thread-safe; a failed write is retried later."""
+
+    def __init__(self, write: Callable[[Any], None], *, interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self._interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: Any = None
+        self._has_pending = False
+        self._last_write = float("-inf")
+        self.writes = 0
+
+    def offer(self, value: Any) -> bool:
+        """Write `value` if the interval has passed since the last write; True if it was written."""
+        with self._lock:
+            self._pending, self._has_pending = value, True
+            if self._clock() - self._last_write < self._interval:
+                return False
+            return self._write_pending()
+
+    def flush(self) -> bool:
+        """Write what is pending now, whatever the interval."""
+        with self._lock:
+            return self._write_pending() if self._has_pending else False
+
+    def _write_pending(self) -> bool:
+        try:
+            self._write(self._pending)
+        except DependencyUnavailable as err:
+            log.warning("progress write failed; the next one carries it: %s", err)
+            return False
+        self._has_pending = False
+        self._last_write = self._clock()
+        self.writes += 1
+        return True

@@ -1,0 +1,49 @@
+"""Who is calling the API functions, as a tenant — the one place the functions authenticate.
+
+Two documented modes (LLMQ_AUTH_MODE):
+- `api_key` (default): `Authorization: Bearer <key>`, checked against the hashed keys in Firestore.
+- `iam`: the deployment lets Cloud Functions' IAM check Google ID tokens at the door (invoker role);
+  the function then reads the already verified token's `email` and maps it to a tenant
+  (LLMQ_IAM_TENANTS, or the email itself).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import cache
+
+import flask
+
+from jobs.adapters.api_key_store import FirestoreApiKeyStore
+from jobs.adapters.clients import firestore_client
+from jobs.auth import ApiKeyAuthenticator, bearer_token
+from jobs.errors import Unauthenticated
+from jobs.settings import api_settings
+
+
+@cache
+def _authenticator() -> ApiKeyAuthenticator:
+    settings = api_settings()
+    return ApiKeyAuthenticator(FirestoreApiKeyStore(firestore_client(settings.project, settings.database)))
+
+
+def caller_tenant(request: flask.Request) -> str:
+    """The caller's tenant. Raises Unauthenticated; nothing has been read or written for the caller yet."""
+    settings = api_settings()
+    authorization = request.headers.get("Authorization")
+    if settings.auth_mode == "iam":
+        return _iam_tenant(authorization, settings.iam_tenants)
+    return _authenticator().tenant_for(authorization)
+
+
+def _iam_tenant(authorization: str | None, tenants: dict[str, str]) -> str:
+    # The platform verified the token before the request reached us; only its claims are read here.
+    token = bearer_token(authorization)
+    try:
+        payload = token.split(".")[1] if token else ""
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        email = str(claims["email"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise Unauthenticated("a Google identity token is required") from None
+    return tenants.get(email, email)

@@ -1,0 +1,351 @@
+"""Batch files in the OpenAI Batch API format (CONTRACT §4): parsing and validating input lines, the
+`batches/{id}` document, and the output and error line shapes. Pure: no Google client, no engine.
+
+Input line:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body": {...}}
+Output line: {"id", "custom_id", "response": {"status_code": 200, "request_id", "body": <OpenAI response>}, "error": null}
+Error line:  {"id", "custom_id" (null if the line could not be parsed), "response": null, "error": {"code", "message", "line"}}
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jobs.models import JobRequest, Usage
+from jobs.results import openai_response
+
+URLS: dict[str, Literal["chat", "completion"]] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+MAX_CUSTOM_ID = 512  # OpenAI does not document one; a bound keeps error lines and memory sane
+DEFAULT_BATCH_TTL_SECONDS = 30 * 86400
+# Options of POST /v1/jobs that mean nothing for a line of a batch: rejected rather than silently ignored.
+JOB_ONLY_FIELDS = ("priority", "ttl_seconds", "idempotency_key", "deadline_seconds")
+_BATCH_ID = re.compile(r"^batch_[A-Za-z0-9_-]{1,64}$")
+
+
+class BatchStatus(str, Enum):
+    VALIDATING = "validating"  # created; the input is being read and checked (or the runner has not started)
+    IN_PROGRESS = "in_progress"  # requests are running; request_counts grow
+    FINALIZING = "finalizing"  # all requests done; output and error files are being completed
+    COMPLETED = "completed"  # output.jsonl and errors.jsonl are final; final
+    FAILED = "failed"  # the input could not be processed at all (`error` says why); a rerun may resume it
+    CANCELLING = "cancelling"  # cancel asked: no new requests start, running ones finish
+    CANCELLED = "cancelled"  # stopped early; finished lines are kept, the rest are `batch_cancelled` errors; final
+
+    @property
+    def is_final(self) -> bool:
+        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+    @property
+    def stops_new_requests(self) -> bool:
+        return self in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+
+
+class ErrorCode(str, Enum):
+    """`error.code` in errors.jsonl; `retryable` ones are run again by a rerun on the same output."""
+
+    INVALID_JSON = "invalid_json"  # the line is not a JSON object
+    INVALID_LINE = "invalid_line"  # custom_id / method / url / body missing or of the wrong type
+    UNSUPPORTED_URL = "unsupported_url"
+    INVALID_BODY = "invalid_request"  # the body fails the request rules (as POST /v1/jobs answers 400)
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    URL_BODY_MISMATCH = "url_body_mismatch"  # chat URL without `messages`, completions URL without `prompt`
+    DUPLICATE_CUSTOM_ID = "duplicate_custom_id"
+    MODEL_NOT_FOUND = "model_not_found"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    ENGINE_ERROR = "engine_error"  # transient engine failure, still failing after retries
+    BATCH_CANCELLED = "batch_cancelled"  # not started before the batch was cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """A valid input line, ready to run."""
+
+    line: int  # 1-based line number in the input file
+    custom_id: str
+    url: str
+    request: JobRequest
+
+    @property
+    def kind(self) -> Literal["chat", "completion"]:
+        return URLS[self.url]
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    custom_id: str | None
+    code: ErrorCode
+    message: str
+
+
+class _LineShape(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    custom_id: str = Field(min_length=1, max_length=MAX_CUSTOM_ID)
+    method: Literal["POST"]
+    url: str
+    body: dict[str, Any]
+
+
+def parse_line(raw: str | bytes, line: int) -> BatchLine | LineError:
+    """Validate one input line (duplicates are the caller's: see `parse_lines`)."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        return LineError(line, None, ErrorCode.INVALID_JSON, f"line {line} is not valid JSON: {str(err)[:200]}")
+    if not isinstance(value, dict):
+        return LineError(line, None, ErrorCode.INVALID_JSON, f"line {line} is not a JSON object")
+    raw_id = value.get("custom_id")
+    custom_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_CUSTOM_ID else None
+    try:
+        shape = _LineShape.model_validate(value)
+    except ValidationError as err:
+        fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "line" for e in err.errors()}))
+        return LineError(line, custom_id, ErrorCode.INVALID_LINE,
+                         f"line {line}: custom_id (string), method \"POST\", url and body (object) are required; "
+                         f"invalid: {fields}")
+    job_only = [f for f in JOB_ONLY_FIELDS if f in shape.body] + (["stream"] if shape.body.get("stream") else [])
+    if job_only:
+        return LineError(line, shape.custom_id, ErrorCode.UNSUPPORTED_PARAMETER,
+                         f"not supported in a batch line: {', '.join(job_only)}")
+    if shape.url not in URLS:
+        return LineError(line, custom_id, ErrorCode.UNSUPPORTED_URL,
+                         f"url {shape.url[:100]!r} is not supported; use one of: {', '.join(URLS)}")
+    try:
+        request = JobRequest.model_validate(shape.body)
+    except ValidationError as err:
+        return _body_error(err, line, shape.custom_id)
+    if request.kind != URLS[shape.url]:
+        needed = "messages" if URLS[shape.url] == "chat" else "prompt"
+        return LineError(line, shape.custom_id, ErrorCode.URL_BODY_MISMATCH, f"{shape.url} needs `{needed}` in the body")
+    return BatchLine(line, shape.custom_id, shape.url, request)
+
+
+def parse_lines(lines: Iterable[bytes | str]) -> Iterator[BatchLine | LineError]:
+    """Parse a whole file, line by line. Blank lines are skipped (they still count in line numbers); a
+    custom_id seen on an earlier line (valid or not) makes the later line a duplicate: the first one runs."""
+    seen: set[str] = set()
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        parsed = parse_line(raw, number)
+        custom_id = parsed.custom_id
+        if custom_id is not None and custom_id in seen:
+            yield LineError(number, custom_id, ErrorCode.DUPLICATE_CUSTOM_ID,
+                            f"custom_id {custom_id!r} already appeared earlier in the file; only the first runs")
+            continue
+        if custom_id is not None:
+            seen.add(custom_id)
+        yield parsed
+
+
+def _body_error(err: ValidationError, line: int, custom_id: str) -> LineError:
+    problems = err.errors(include_url=False, include_input=False)
+    extra = [".".join(str(p) for p in e["loc"]) for e in problems if e["type"] == "extra_forbidden"]
+    if extra:
+        return LineError(line, custom_id, ErrorCode.UNSUPPORTED_PARAMETER,
+                         f"unrecognised request argument(s): {', '.join(extra)}")
+    first = problems[0]
+    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "list[", "str")))
+    return LineError(line, custom_id, ErrorCode.INVALID_BODY, f"{where or 'body'}: {first['msg']}"[:500])
+
+
+def task_share(line: int, *, task_index: int, task_count: int) -> bool:
+    """Whether input line `line` belongs to this Cloud Run task (lines are dealt round-robin)."""
+    return (line - 1) % task_count == task_index
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+
+def new_batch_id() -> str:
+    return f"batch_{uuid.uuid4().hex}"
+
+
+def nightly_batch_id(bucket: str, name: str, generation: str | int) -> str:
+    """The id the nightly workflow gives an inbox object: the same object version always gets the same
+    batch (and output folder), so a run that failed is resumed the next night. Workflows computes it as
+    base64(SHA-256("<bucket>/<name>#<generation>")) with + → - and / → _, first 32 characters."""
+    digest = hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).digest()
+    return "batch_" + base64.b64encode(digest).decode().replace("+", "-").replace("/", "_")[:32]
+
+
+def is_batch_id(value: str) -> bool:
+    return bool(_BATCH_ID.match(value))
+
+
+def _line_digest(batch_key: str, custom_id: str) -> str:
+    # Deterministic per (batch, custom_id): a rerun writes the same ids for the same requests.
+    return hashlib.sha256(f"{batch_key}\x00{custom_id}".encode()).hexdigest()[:24]
+
+
+# --- output and error lines --------------------------------------------------------------------
+
+
+def output_line(
+    item: BatchLine, *, batch_key: str, model: str, created: datetime, text: str, finish_reason: str, usage: Usage
+) -> dict[str, Any]:
+    digest = _line_digest(batch_key, item.custom_id)
+    prefix = "chatcmpl" if item.kind == "chat" else "cmpl"
+    body = openai_response(response_id=f"{prefix}-{digest}", kind=item.kind, model=model, created=created,
+                           text=text, finish_reason=finish_reason, usage=usage)
+    return {"id": f"batch_req_{digest}", "custom_id": item.custom_id,
+            "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body}, "error": None}
+
+
+def error_line(error: LineError, *, batch_key: str) -> dict[str, Any]:
+    key = error.custom_id if error.custom_id is not None else f"\x00line {error.line}"
+    digest = _line_digest(batch_key, f"{key}\x00{error.line}")
+    return {"id": f"batch_req_{digest}", "custom_id": error.custom_id, "response": None,
+            "error": {"code": error.code.value, "message": error.message, "line": error.line}}
+
+
+def dumps_line(value: dict[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# --- the batches/{id} document -----------------------------------------------------------------
+
+
+class RequestCounts(BaseModel):
+    total: int = 0
+    completed: int = 0  # lines in output.jsonl
+    failed: int = 0  # lines in errors.jsonl
+
+
+class BatchErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class BatchRecord(BaseModel):
+    """The Firestore document `batches/{id}`. Times are timezone-aware datetimes (Timestamps).
+    `task_counts` holds each Cloud Run task's own counts (key: task index); `request_counts` is their sum."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: BatchStatus
+    input_uri: str
+    output_uri: str | None = None
+    error_uri: str | None = None
+    request_counts: RequestCounts = Field(default_factory=RequestCounts)
+    task_counts: dict[str, RequestCounts] = Field(default_factory=dict)
+    tenant: str = "public"
+    source: str = "cli"  # cli | api | nightly
+    model: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    error: BatchErrorInfo | None = None
+    execution: str | None = None  # the launcher's handle (Cloud Run execution, local pid)
+    created_at: datetime
+    in_progress_at: datetime | None = None
+    finalizing_at: datetime | None = None
+    completed_at: datetime | None = None
+    failed_at: datetime | None = None
+    cancelling_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    updated_at: datetime | None = None
+    expire_at: datetime | None = None
+
+    @classmethod
+    def new(cls, *, batch_id: str, input_uri: str, output_prefix: str | None, now: datetime, tenant: str = "public",
+            source: str = "cli", metadata: dict[str, str] | None = None,
+            ttl_seconds: int = DEFAULT_BATCH_TTL_SECONDS) -> BatchRecord:
+        output_uri, error_uri = output_uris(output_prefix) if output_prefix else (None, None)
+        return cls(id=batch_id, status=BatchStatus.VALIDATING, input_uri=input_uri, output_uri=output_uri,
+                   error_uri=error_uri, tenant=tenant, source=source, metadata=metadata or {}, created_at=now,
+                   updated_at=now, expire_at=now + timedelta(seconds=ttl_seconds))
+
+    def to_document(self) -> dict[str, Any]:
+        doc = self.model_dump(mode="python")
+        doc["status"] = self.status.value
+        return doc
+
+    def view(self) -> dict[str, Any]:
+        """What clients see over HTTP: the document without internal fields, times in RFC 3339."""
+        body = self.model_dump(mode="json", exclude={"tenant", "task_counts", "execution", "updated_at"})
+        return {"object": "batch", **body}
+
+
+def output_uris(prefix: str) -> tuple[str, str]:
+    base = prefix if prefix.endswith("/") else prefix + "/"
+    return base + "output.jsonl", base + "errors.jsonl"
+
+
+def with_status(record: BatchRecord, status: BatchStatus, *, now: datetime, **changes: Any) -> BatchRecord:
+    """The record moved to `status`, stamping `<status>_at` the first time it is reached."""
+    update: dict[str, Any] = {"status": status, "updated_at": now, **changes}
+    stamp = f"{status.value}_at"
+    if stamp in BatchRecord.model_fields and getattr(record, stamp) is None:
+        update[stamp] = now
+    return record.model_copy(update=update)
+
+
+def with_task_counts(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int,
+                     now: datetime) -> BatchRecord:
+    """Record one task's counts and re-aggregate request_counts (total is the whole file's)."""
+    tasks = {**record.task_counts, str(task_index): counts}
+    aggregate = RequestCounts(total=total, completed=sum(c.completed for c in tasks.values()),
+                              failed=sum(c.failed for c in tasks.values()))
+    return record.model_copy(update={"task_counts": tasks, "request_counts": aggregate, "updated_at": now})
+
+
+def cancel(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
+    """Ask a batch to stop: validating/in_progress/finalizing → cancelling (the runner ends it `cancelled`).
+    None (no change) when it is already final or cancelling."""
+    if record.status.is_final or record.status is BatchStatus.CANCELLING:
+        return None
+    return with_status(record, BatchStatus.CANCELLING, now=now)
+
+
+Mutation = Callable[[BatchRecord], BatchRecord | None]
+
+
+class BatchStore(Protocol):
+    """`batches/{id}` in Firestore; every method may raise DependencyUnavailable."""
+
+    def create(self, record: BatchRecord) -> bool:
+        """Create the document; False if the id exists already."""
+        ...
+
+    def get(self, batch_id: str) -> BatchRecord | None: ...
+
+    def delete(self, batch_id: str) -> None: ...
+
+    def update(self, batch_id: str, mutate: Mutation) -> tuple[BatchRecord | None, bool]:
+        """Apply `mutate` with a precondition on the document's update time (re-read and re-applied on a
+        concurrent change). Returns (document after, changed); (None, False) if it does not exist."""
+        ...
+
+    def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
+        """Listen to the document; returns the unsubscribe."""
+        ...
+
+
+class BatchInputs(Protocol):
+    """The batch bucket, as the API needs it."""
+
+    def exists(self, uri: str) -> bool: ...
+
+    def upload(self, uri: str, data: bytes) -> None: ...
+
+    def delete(self, uri: str) -> None: ...
+
+
+class BatchLauncher(Protocol):
+    """Starts the batch runner for a batch (Cloud Run job execution in production, a subprocess locally)."""
+
+    def launch(self, *, batch_id: str, input_uri: str, output_prefix: str) -> str:
+        """Start it without waiting; return a handle for the record. Raises DependencyUnavailable."""
+        ...

@@ -1,0 +1,133 @@
+"""On-demand batches over real HTTP against the local stack: POST /v1/batches (inline JSONL or an
+input_uri) starts the batch runner at once (the local launcher), GET /v1/batches/{id} reads it, a
+Firestore listener sees its progress, and POST /v1/batches/{id}/cancel stops it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+
+from scripts.stack_client import Stack
+from tests.batch_helpers import DocWatcher, chat_line, completion_line, jsonl
+
+STATUS_ORDER = ("validating", "in_progress", "finalizing", "completed")
+
+
+def _post(stack: Stack, http: httpx.Client, body: Any, **kwargs: Any) -> httpx.Response:
+    return http.post(f"{stack.info['submit_url']}/v1/batches", json=body, **kwargs)
+
+
+def _get(stack: Stack, http: httpx.Client, batch_id: str) -> httpx.Response:
+    return http.get(f"{stack.info['status_url']}/v1/batches/{batch_id}")
+
+
+def _object_lines(stack: Stack, uri: str) -> list[dict[str, Any]]:
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    text = stack.storage().bucket(bucket).blob(name).download_as_text()
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def test_inline_batch_runs_now_and_a_listener_sees_its_progress(stack: Stack, db: Any, http: httpx.Client) -> None:
+    lines = [chat_line(f"q{i}", f"Question {i}?") if i % 2 else completion_line(f"q{i}", f"Prompt {i}")
+             for i in range(12)]
+    response = _post(stack, http, {"input_jsonl": jsonl(lines), "metadata": {"team": "search"}})
+    assert response.status_code == 202, response.text
+    created = response.json()
+    batch_id = created["id"]
+    assert response.headers["Location"] == f"/v1/batches/{batch_id}"
+    assert created["object"] == "batch" and created["status"] == "validating"
+    assert created["input_uri"] == f"gs://{stack.info['batch_bucket']}/inbox-ondemand/{batch_id}.jsonl"
+    assert created["output_uri"] == f"gs://{stack.info['batch_bucket']}/outbox/{batch_id}/output.jsonl"
+    assert created["metadata"] == {"team": "search"}
+
+    watcher = DocWatcher(db, batch_id)
+    try:
+        doc = watcher.wait_final(240)
+        seen = watcher.statuses()
+        history = list(watcher.history)
+    finally:
+        watcher.close()
+    assert doc["status"] == "completed", doc
+    # In order; a listener may coalesce changes that follow each other within milliseconds.
+    assert seen == [s for s in STATUS_ORDER if s in seen] and len(seen) >= 2
+    assert doc["created_at"] <= doc["in_progress_at"] <= doc["completed_at"]
+    completed = [h["request_counts"]["completed"] for h in history if "request_counts" in h]
+    assert completed == sorted(completed)  # progress only grows
+    assert doc["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+
+    view = _get(stack, http, batch_id).json()
+    assert view["status"] == "completed" and view["request_counts"] == doc["request_counts"]
+    assert view["completed_at"] is not None and "tenant" not in view and "task_counts" not in view
+    output = _object_lines(stack, view["output_uri"])
+    assert sorted(o["custom_id"] for o in output) == sorted(f"q{i}" for i in range(12))
+    assert _object_lines(stack, view["error_uri"]) == []
+
+
+def test_batch_from_an_input_uri(stack: Stack, db: Any, http: httpx.Client) -> None:
+    name = f"uploads/{uuid.uuid4().hex}.jsonl"
+    bucket = stack.storage().bucket(stack.info["batch_bucket"])
+    bucket.blob(name).upload_from_string(jsonl([completion_line("a", "x"), "garbage", completion_line("b", "y")]))
+    response = _post(stack, http, {"input_uri": f"gs://{stack.info['batch_bucket']}/{name}"})
+    assert response.status_code == 202, response.text
+    watcher = DocWatcher(db, response.json()["id"])
+    try:
+        doc = watcher.wait_final(240)
+    finally:
+        watcher.close()
+    assert doc["status"] == "completed" and doc["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    errors = _object_lines(stack, doc["error_uri"])
+    assert [(e["custom_id"], e["error"]["code"], e["error"]["line"]) for e in errors] == [(None, "invalid_json", 2)]
+
+
+def test_cancel_over_http_ends_the_batch_cancelled(stack: Stack, db: Any, http: httpx.Client) -> None:
+    lines = [completion_line(f"c{i}", f"Tale {i}", max_tokens=64) for i in range(200)]
+    response = _post(stack, http, {"input_jsonl": jsonl(lines)})
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+    watcher = DocWatcher(db, batch_id)
+    try:
+        cancelled = http.post(f"{stack.info['submit_url']}/v1/batches/{batch_id}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelling"
+        doc = watcher.wait_final(240)
+    finally:
+        watcher.close()
+    assert doc["status"] == "cancelled", doc
+    counts = doc["request_counts"]
+    assert counts["total"] == 200 and counts["completed"] + counts["failed"] == 200 and counts["failed"] > 0
+    errors = _object_lines(stack, doc["error_uri"])
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"} and len(errors) == counts["failed"]
+    # Cancelling a finished batch changes nothing.
+    again = http.post(f"{stack.info['submit_url']}/v1/batches/{batch_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+def test_invalid_batch_requests_are_rejected(stack: Stack, http: httpx.Client) -> None:
+    bucket = stack.info["batch_bucket"]
+    cases = [
+        ({}, 400, "invalid_request"),
+        ({"input_uri": f"gs://{bucket}/x.jsonl", "input_jsonl": "{}"}, 400, "invalid_request"),
+        ({"input_uri": "gs://another-bucket/x.jsonl"}, 400, "invalid_request"),
+        ({"input_uri": f"gs://{bucket}/inbox/x.jsonl"}, 400, "invalid_request"),
+        ({"input_uri": f"gs://{bucket}/{uuid.uuid4().hex}.jsonl"}, 400, "input_not_found"),
+        ({"input_jsonl": "{}", "endpoint_override": 1}, 400, "unsupported_parameter"),
+        ({"input_jsonl": "{}", "completion_window": "1h"}, 400, "invalid_request"),
+    ]
+    for body, status, code in cases:
+        response = _post(stack, http, body)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), (body, response.text)
+    not_json = http.post(f"{stack.info['submit_url']}/v1/batches", content=b"x", headers={"Content-Type": "text/plain"})
+    assert not_json.status_code == 415
+    assert http.get(f"{stack.info['submit_url']}/v1/batches").status_code == 405
+    for unknown in ("batch_" + uuid.uuid4().hex, "nope", "job_" + uuid.uuid4().hex):
+        response = _get(stack, http, unknown)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+    assert http.post(f"{stack.info['submit_url']}/v1/batches/batch_{uuid.uuid4().hex}/cancel").status_code == 404
+
+
+def test_openapi_describes_the_batch_routes(stack: Stack, http: httpx.Client) -> None:
+    for url in (stack.info["submit_url"], stack.info["status_url"]):
+        paths = http.get(f"{url}/openapi.json").json()["paths"]
+        assert {"/v1/batches", "/v1/batches/{id}", "/v1/batches/{id}/cancel"} <= set(paths)
