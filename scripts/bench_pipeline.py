@@ -104,7 +104,8 @@ async def _drive_closed_loop(engine: Any, n: int, concurrency: int, max_tokens: 
         nonlocal remaining, total
         while remaining > 0:
             remaining -= 1
-            total += await _generate(engine, max_tokens)
+            tokens = await _generate(engine, max_tokens)
+            total += tokens  # not `total += await ...`: that reads total before awaiting, losing updates
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return total
