@@ -146,3 +146,47 @@ def test_dead_letter_spares_finished_and_live_leased_jobs() -> None:
     assert lapsed.error is not None and lapsed.error.code == "dead_lettered" and "5" in lapsed.error.message
     queued = lifecycle.dead_letter(_record(), now=NOW, delivery_attempts=None)
     assert queued is not None and queued.status is JobStatus.FAILED
+
+
+def test_iam_mode_reads_the_tenant_from_the_verified_token() -> None:
+    import base64
+    import json
+
+    from jobs.adapters.caller import _iam_tenant
+    from jobs.errors import Unauthenticated
+
+    def token(claims: dict[str, object]) -> str:
+        part = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+        return f"Bearer header.{part}.signature"  # the platform verified the signature already
+
+    assert _iam_tenant(token({"email": "ci@p.iam.gserviceaccount.com"}), {}) == "ci@p.iam.gserviceaccount.com"
+    assert _iam_tenant(token({"email": "a@example.com"}), {"a@example.com": "acme"}) == "acme"
+    for bad in (None, "Bearer", "Bearer x", token({"sub": "no email"}), "Basic abc"):
+        with pytest.raises(Unauthenticated):
+            _iam_tenant(bad, {})
+
+
+def test_api_key_authenticator_caches_and_refuses() -> None:
+    from jobs.auth import ApiKey, ApiKeyAuthenticator, hash_key, new_key
+    from jobs.errors import Unauthenticated
+
+    raw = new_key()
+    reads: list[str] = []
+
+    class Keys:  # an in-memory key table, enough for the authenticator's own logic
+        def get(self, key_hash: str) -> ApiKey | None:
+            reads.append(key_hash)
+            return ApiKey(key_hash=hash_key(raw), tenant="acme", name="", created_at=NOW) \
+                if key_hash == hash_key(raw) else None
+
+    now = [0.0]
+    auth = ApiKeyAuthenticator(Keys(), clock=lambda: now[0], cache_seconds=30)  # type: ignore[arg-type]
+    assert auth.tenant_for(f"Bearer {raw}") == "acme"
+    assert auth.tenant_for(f"bearer {raw}") == "acme"
+    assert len(reads) == 1  # cached
+    now[0] = 31
+    auth.tenant_for(f"Bearer {raw}")
+    assert len(reads) == 2  # re-read after the cache period (revocation takes effect)
+    for bad in (None, "", f"Basic {raw}", "Bearer llmq_unknown", "Bearer not-a-key"):
+        with pytest.raises(Unauthenticated):
+            auth.tenant_for(bad)
