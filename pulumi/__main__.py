@@ -48,12 +48,18 @@ after_builder = pulumi.ResourceOptions(depends_on=[apis, builder])
 function_build = {"sources_bucket": store.sources_bucket.name, "build_service_account": builder.service_account_id,
                   "docker_repository": registry.repository_path}
 models_json = json.dumps([m.catalog_entry() for m in s.models])
+# The batch job's name is fixed by the config: submit is told it as a string (no dependency on the
+# batch component, which exists only once the image is built); the batch component grants submit's
+# identity the right to run it.
+batch_job_name = s.name("batch")
 
 api = Api("api", ApiArgs(
     project=project, region=region, database=s.database,
     submit_name=s.name("submit"), status_name=s.name("status"),
     submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
     jobs_topic=topics.jobs.name, models_json=models_json, max_instances=s.api_max_instances,
+    batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
+    quota_submissions_per_minute=s.quota_submissions_per_minute, quota_queued_jobs=s.quota_queued_jobs,
     invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
 maintenance = Maintenance("maintenance", MaintenanceArgs(
     project=project, region=region, database=s.database,
@@ -107,7 +113,7 @@ if s.image_built:
     default_model = s.default_model
     batch = NightlyBatch("batch", NightlyBatchArgs(
         project=project, region=region, database=s.database,
-        job_name=s.name("batch"), workflow_name=s.name("nightly-batch"), scheduler_name=s.name("nightly-batch"),
+        job_name=batch_job_name, workflow_name=s.name("nightly-batch"), scheduler_name=s.name("nightly-batch"),
         job_account_id=s.account_id("batch"), workflow_account_id=s.account_id("workflow"),
         scheduler_account_id=s.account_id("sched-batch"), image=s.image,
         model_id=default_model.id, model_path=default_model.path, max_model_len=default_model.max_model_len,
@@ -115,7 +121,8 @@ if s.image_built:
         batch_bucket=store.batch_bucket.name, cpu=s.runner_cpu, memory_gib=s.runner_memory_gib,
         task_timeout_seconds=s.batch_task_timeout_seconds, max_retries=s.batch_max_retries,
         schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
-        gpu_zonal_redundancy=s.gpu_zonal_redundancy, labels=labels), opts=after_apis)
+        gpu_zonal_redundancy=s.gpu_zonal_redundancy, launcher_members=[api.submit_member], labels=labels),
+        opts=after_apis)
 
 observability = Observability("observability", ObservabilityArgs(
     project=project, dashboard_name=f"llmq ({s.prefix})",

@@ -47,6 +47,9 @@ SUBSCRIPTION = "gcp:pubsub/subscription:Subscription"
 ACCOUNT = "gcp:serviceaccount/account:Account"
 SCHEDULER = "gcp:cloudscheduler/job:Job"
 BUCKET = "gcp:storage/bucket:Bucket"
+BUCKET_GRANT = "gcp:storage/bucketIAMMember:BucketIAMMember"
+JOB_GRANT = "gcp:cloudrunv2/jobIamMember:JobIamMember"
+BATCH_BUCKET = f"{PROJECT}-llmq-batch"
 
 
 # --- mocks ------------------------------------------------------------------------------------
@@ -370,7 +373,9 @@ def test_indexes_serve_the_reconciler_and_the_runner_queries(deployment: Deploym
     composite = {tuple((f["fieldPath"], f["order"]) for f in r.inputs["fields"])
                  for r in deployment.of("gcp:firestore/index:Index")}
     assert composite == {(("status", "ASCENDING"), ("created_at", "ASCENDING")),
-                         (("status", "ASCENDING"), ("lease_expires_at", "ASCENDING"))}
+                         (("status", "ASCENDING"), ("lease_expires_at", "ASCENDING")),
+                         # the submissions-per-minute quota: tenant == T AND created_at >= T - 1 min
+                         (("tenant", "ASCENDING"), ("created_at", "ASCENDING"))}
     assert all(r.inputs["collection"] == "jobs" for r in deployment.of("gcp:firestore/index:Index"))
     instance = field_of(deployment, "jobs", "runner_instance").inputs["indexConfig"]
     assert instance == {"indexes": [{"order": "ASCENDING", "queryScope": "COLLECTION"}]}
@@ -461,6 +466,66 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         assert settings.catalog.default.id == "qwen2.5-7b-instruct"
 
 
+def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettings]:
+    env = {k: v for k, v in d.function(name).inputs["serviceConfig"]["environmentVariables"].items()
+           if k.startswith("LLMQ_")}
+    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
+    return env, ApiSettings(**values)
+
+
+def test_submit_launches_on_demand_batches_on_the_batch_job(deployment: Deployment) -> None:
+    env, settings = api_settings_of(deployment, "submit")
+    job = deployment.one(JOB).inputs
+    assert settings.batch_launcher == "cloudrun" and env["LLMQ_BATCH_LAUNCHER"] == "cloudrun"  # explicit
+    assert (settings.batch_job, settings.region) == (job["name"], job["location"]) == ("llmq-batch", REGION)
+    assert settings.project == PROJECT
+    assert settings.batch_bucket == BATCH_BUCKET
+    assert env_of(job["template"]["template"]["containers"][0])["LLMQ_BATCH_BUCKET"] == settings.batch_bucket
+    # API keys by default, with the default quotas.
+    assert env["LLMQ_AUTH_MODE"] == "api_key" and settings.auth_mode == "api_key"
+    assert (settings.quota_submissions_per_minute, settings.quota_queued_jobs) == (600, 10_000)
+
+
+def test_status_gets_only_what_reading_needs(deployment: Deployment) -> None:
+    env, settings = api_settings_of(deployment, "status")
+    assert settings.auth_mode == "api_key"
+    assert not {k for k in env if k.startswith(("LLMQ_BATCH_", "LLMQ_QUOTA_"))} and "LLMQ_REGION" not in env
+    assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
+
+
+def test_submit_may_run_the_batch_job_and_write_only_ondemand_input(deployment: Deployment) -> None:
+    submit = deployment.account("llmq-submit")
+    (runs_job,) = [g for g in deployment.of(JOB_GRANT) if g.inputs["member"] == submit]
+    # Scoped to the one job; the narrowest predefined role with run.jobs.runWithOverrides.
+    assert (runs_job.inputs["name"], runs_job.inputs["location"], runs_job.inputs["role"]) == (
+        "llmq-batch", REGION, "roles/run.jobsExecutorWithOverrides")
+    assert runs_job.inputs["name"] == deployment.one(JOB).inputs["name"]
+    buckets = {g.inputs["role"]: g.inputs for g in deployment.of(BUCKET_GRANT) if g.inputs["member"] == submit}
+    assert set(buckets) == {"roles/storage.objectViewer", "roles/storage.objectUser"}
+    assert all(g["bucket"] == BATCH_BUCKET for g in buckets.values())
+    assert "condition" not in buckets["roles/storage.objectViewer"]  # input_uri may name any object
+    from jobs.batch_service import ONDEMAND_PREFIX  # where POST /v1/batches stores inline input
+
+    assert buckets["roles/storage.objectUser"]["condition"]["expression"] == (
+        f'resource.name.startsWith("projects/_/buckets/{BATCH_BUCKET}/objects/{ONDEMAND_PREFIX}")')
+    # Nothing else: no actAs on the job's identity, no project-wide role beyond the database-scoped one.
+    assert deployment.roles_of(submit) == {
+        ("projects", "roles/datastore.user"), ("pubsub", "roles/pubsub.publisher"),
+        ("cloudrunv2", "roles/run.jobsExecutorWithOverrides"),
+        ("storage", "roles/storage.objectViewer"), ("storage", "roles/storage.objectUser")}
+    assert not [g for g in deployment.grants() if g.inputs["member"] == submit
+                and g.typ == "gcp:projects/iAMMember:IAMMember" and "condition" not in g.inputs]
+
+
+def test_api_auth_settings_reach_both_functions(infra: None) -> None:
+    d = deploy({**CONFIG, "llmq:apiAuthMode": "iam", "llmq:apiInvokers": json.dumps(["group:team@example.com"]),
+                "llmq:quotaSubmissionsPerMinute": "30", "llmq:quotaQueuedJobs": "0"})
+    _, submit = api_settings_of(d, "submit")
+    _, status = api_settings_of(d, "status")
+    assert submit.auth_mode == status.auth_mode == "iam"
+    assert (submit.quota_submissions_per_minute, submit.quota_queued_jobs) == (30, 0)
+
+
 def test_reconcile_is_called_every_five_minutes_with_an_oidc_token(deployment: Deployment) -> None:
     tick = deployment.one(SCHEDULER, name="llmq-reconcile-tick").inputs
     url = deployment.function_url("reconcile")
@@ -517,9 +582,12 @@ def test_workflow_may_run_the_batch_job(deployment: Deployment) -> None:
     definition = yaml.safe_load(workflow["sourceContents"])
     assert isinstance(definition, dict) and definition  # the file from workflows/, or the placeholder
     assert workflow["userEnvVars"]["LLMQ_BATCH_JOB"] == deployment.one(JOB).inputs["name"]
-    runs_job = deployment.one("gcp:cloudrunv2/jobIamMember:JobIamMember")
-    assert (runs_job.inputs["name"], runs_job.inputs["role"], runs_job.inputs["member"]) == (
-        "llmq-batch", "roles/run.jobsExecutorWithOverrides", deployment.account("llmq-workflow"))
+    runs_job = deployment.one(JOB_GRANT, member=deployment.account("llmq-workflow"))
+    assert (runs_job.inputs["name"], runs_job.inputs["role"]) == ("llmq-batch", "roles/run.jobsExecutorWithOverrides")
+    # Who may run the GPU job: the workflow and the submit function, nobody else.
+    assert {g.inputs["member"] for g in deployment.of(JOB_GRANT)} == {
+        deployment.account("llmq-workflow"), deployment.account("llmq-submit")}
+    assert not [g for g in deployment.grants() if g.inputs["role"] == "roles/run.developer"]
 
 
 def test_placeholder_workflow_is_valid_yaml(infra: None) -> None:
@@ -554,8 +622,9 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     }
     assert len(runtime) == 6  # no two deployables share an identity
     assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
-    assert deployment.roles_of(deployment.account("llmq-submit")) == {
-        ("projects", "roles/datastore.user"), ("pubsub", "roles/pubsub.publisher")}
+    assert {role for _, role in deployment.roles_of(deployment.account("llmq-submit"))} == {
+        "roles/datastore.user", "roles/pubsub.publisher", "roles/run.jobsExecutorWithOverrides",
+        "roles/storage.objectViewer", "roles/storage.objectUser"}
 
 
 def test_firestore_roles_are_limited_to_the_database(deployment: Deployment) -> None:
@@ -611,6 +680,14 @@ def test_without_an_image_everything_but_the_gpu_parts_is_deployed(infra: None) 
     assert [p.inputs["displayName"] for p in d.of("gcp:monitoring/alertPolicy:AlertPolicy")] == [
         "llmq: jobs were dead-lettered"]
     assert "runner_url" not in d.exports and d.exports["image"] == "(not built yet)"
+    # submit already names the job (created by the next run: a batch launched before it gets 503) and
+    # holds its bucket grants; the job grant comes with the job.
+    _, submit = api_settings_of(d, "submit")
+    assert (submit.batch_job, submit.batch_bucket) == ("llmq-batch", BATCH_BUCKET)
+    assert not d.of(JOB_GRANT)
+    assert {g.inputs["role"] for g in d.of(BUCKET_GRANT)
+            if g.inputs["member"] == d.account("llmq-submit")} == {"roles/storage.objectViewer",
+                                                                  "roles/storage.objectUser"}
 
 
 @pulumi.runtime.test
@@ -658,6 +735,9 @@ def test_component_outputs_tie_the_time_budget_together(deployment: Deployment) 
     ({"max_delivery_attempts": 4}, "max_delivery_attempts"),
     ({"max_inflight": 8}, "max_inflight"),
     ({"api_invokers": ("everyone",)}, "api_invokers"),
+    ({"api_auth_mode": "oauth"}, "api_auth_mode"),
+    ({"api_auth_mode": "iam", "api_invokers": ("allUsers",)}, "must not include allUsers"),
+    ({"quota_queued_jobs": -1}, "quota"),
     ({"image": "example.com/runner"}, "tag or digest"),
 ])
 def test_settings_reject_inconsistent_values(infra: None, change: dict[str, Any], message: str) -> None:

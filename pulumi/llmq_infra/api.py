@@ -1,4 +1,9 @@
-"""The public HTTP API: the submit and status functions, each with its own identity."""
+"""The public HTTP API: the submit and status functions, each with its own identity.
+
+submit also starts on-demand batches (POST /v1/batches): it stores inline input under the batch
+bucket's `inbox-ondemand/` and runs the batch Cloud Run job with per-batch arguments. The job is
+named by a plain string (the stack's deterministic name), so this component does not depend on the
+batch component; the batch component grants submit's identity the right to run that one job."""
 
 from __future__ import annotations
 
@@ -13,6 +18,20 @@ from llmq_infra.common import child_options, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
 MAX_WAIT_SECONDS = 60  # GET /v1/jobs/{id}?wait=N bound (CONTRACT §1)
+AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
+ONDEMAND_PREFIX = "inbox-ondemand/"  # jobs.batch_service.ONDEMAND_PREFIX: where submit writes inline input
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+
+
+def bucket_prefix_condition(bucket: pulumi.Input[str], prefix: str) -> gcp.storage.BucketIAMMemberConditionArgs:
+    """Limits a bucket role to the objects under `prefix` (IAM Conditions on object names; the bucket
+    has uniform bucket-level access). Bucket-level calls such as objects.list do not match it."""
+    return gcp.storage.BucketIAMMemberConditionArgs(
+        title=f"only-{prefix.strip('/')}",
+        description=f"objects under {prefix} only",
+        expression=pulumi.Output.concat('resource.name.startsWith("projects/_/buckets/', bucket,
+                                        f'/objects/{prefix}")'),
+    )
 
 
 @dataclass
@@ -30,6 +49,14 @@ class ApiArgs:
     build_service_account: pulumi.Input[str]
     docker_repository: pulumi.Input[str]
     max_instances: int
+    # On-demand batches (docs/BATCH.md): the bucket, and the batch Cloud Run job's name in `region`
+    # (a string: the job itself is created by the batch component, after this one, or not yet).
+    batch_bucket: pulumi.Input[str]
+    batch_job: str
+    # How the functions authenticate callers (jobs/adapters/caller.py) and the per-tenant quotas.
+    auth_mode: str = "api_key"
+    quota_submissions_per_minute: int = 600
+    quota_queued_jobs: int = 10_000
     # Who may call the API through IAM. The functions authenticate callers themselves (CONTRACT
     # §1); "allUsers" makes the endpoints public, an empty list leaves them to project principals
     # with identity tokens.
@@ -40,6 +67,7 @@ class ApiArgs:
 class Api(pulumi.ComponentResource):
     submit: HttpFunction
     status: HttpFunction
+    submit_member: pulumi.Output[str]  # serviceAccount:<submit identity>, for the batch job's launcher grant
     submit_url: pulumi.Output[str]
     status_url: pulumi.Output[str]
 
@@ -48,12 +76,31 @@ class Api(pulumi.ComponentResource):
             raise ValueError("Api: submit and status need distinct names")
         if args.max_instances < 1:
             raise ValueError("Api: max_instances must be at least 1")
+        if args.auth_mode not in AUTH_MODES:
+            raise ValueError(f"Api: auth_mode must be one of {AUTH_MODES}")
+        if args.auth_mode == "iam" and any(m in PUBLIC_MEMBERS for m in args.invokers):
+            # In iam mode the functions trust the token's claims because IAM verified it: a public
+            # endpoint is not verified at all.
+            raise ValueError("Api: auth_mode 'iam' needs IAM at the door; invokers must not be public")
+        if not args.batch_job:
+            raise ValueError("Api: batch_job must name the batch Cloud Run job")
         super().__init__("llmq:infra:Api", name, None, opts)
         env: dict[str, pulumi.Input[str]] = {
             "LLMQ_PROJECT": args.project,
             "LLMQ_DATABASE": args.database,
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
             "LLMQ_MODELS": args.models_json,
+            "LLMQ_AUTH_MODE": args.auth_mode,
+        }
+        # Only submit creates jobs and batches: the quotas, the batch bucket and the job it launches.
+        submit_env: dict[str, pulumi.Input[str]] = {
+            **env,
+            "LLMQ_QUOTA_SUBMISSIONS_PER_MINUTE": str(args.quota_submissions_per_minute),
+            "LLMQ_QUOTA_QUEUED_JOBS": str(args.quota_queued_jobs),
+            "LLMQ_BATCH_BUCKET": args.batch_bucket,
+            "LLMQ_BATCH_LAUNCHER": "cloudrun",
+            "LLMQ_REGION": args.region,
+            "LLMQ_BATCH_JOB": args.batch_job,
         }
         common: dict[str, Any] = {
             "project": args.project, "region": args.region, "sources_bucket": args.sources_bucket,
@@ -63,22 +110,33 @@ class Api(pulumi.ComponentResource):
         child = child_options(self, opts)
         self.submit = HttpFunction(f"{name}-submit", HttpFunctionArgs(
             function_name=args.submit_name, source="submit", entry_point="submit",
-            account_id=args.submit_account_id, env=env,
+            account_id=args.submit_account_id, env=submit_env,
             max_instances=args.max_instances, concurrency=80, timeout_seconds=60,
-            description="llmq: POST /v1/jobs, cancel", **common), opts=child)
+            description="llmq: POST /v1/jobs, /v1/batches, cancel", **common), opts=child)
         self.status = HttpFunction(f"{name}-status", HttpFunctionArgs(
             function_name=args.status_name, source="status", entry_point="status",
             account_id=args.status_account_id, env={**env, "LLMQ_MAX_WAIT_SECONDS": str(MAX_WAIT_SECONDS)},
             # A `wait` holds its request up to 60 s: the timeout leaves room to answer after it.
             max_instances=args.max_instances, concurrency=80, timeout_seconds=MAX_WAIT_SECONDS + 30,
-            description="llmq: GET /v1/jobs/{id}, /v1/models", **common), opts=child)
+            description="llmq: GET /v1/jobs/{id}, /v1/batches/{id}, /v1/models", **common), opts=child)
 
-        # submit creates and cancels jobs and publishes them; status only reads.
+        # submit creates and cancels jobs and batches, publishes jobs, and stores inline batch input;
+        # status only reads Firestore (jobs, batches, api_keys).
         gcp.projects.IAMMember(f"{name}-submit-firestore", project=args.project, role="roles/datastore.user",
                                member=self.submit.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)
         gcp.pubsub.TopicIAMMember(f"{name}-submit-publisher", project=args.project, topic=args.jobs_topic,
                                   role="roles/pubsub.publisher", member=self.submit.service_account.member, opts=child)
+        # POST /v1/batches with `input_uri` checks that the object exists (objects.get anywhere in the
+        # batch bucket); with `input_jsonl` it writes inbox-ondemand/<id>.jsonl, and deletes it again if
+        # the launch fails. Writing is limited to that prefix: submit cannot add files to inbox/ (the
+        # nightly run's) or outbox/ (results). Running the batch job is granted on the job (batch.py).
+        gcp.storage.BucketIAMMember(f"{name}-submit-batch-reader", bucket=args.batch_bucket,
+                                    role="roles/storage.objectViewer", member=self.submit.service_account.member,
+                                    opts=child)
+        gcp.storage.BucketIAMMember(f"{name}-submit-batch-ondemand", bucket=args.batch_bucket,
+                                    role="roles/storage.objectUser", member=self.submit.service_account.member,
+                                    condition=bucket_prefix_condition(args.batch_bucket, ONDEMAND_PREFIX), opts=child)
         gcp.projects.IAMMember(f"{name}-status-firestore", project=args.project, role="roles/datastore.viewer",
                                member=self.status.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)
@@ -88,6 +146,7 @@ class Api(pulumi.ComponentResource):
                     f"{name}-{role_name}-invoker-{i}", project=args.project, location=args.region,
                     name=function.service_name, role="roles/run.invoker", member=member, opts=child)
 
+        self.submit_member = self.submit.service_account.member
         self.submit_url = self.submit.url
         self.status_url = self.status.url
         self.register_outputs({"submit_url": self.submit_url, "status_url": self.status_url})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from llmq_infra.runner import GPU_LIMIT, GPU_TYPE, MODELS_MOUNT
 WORKFLOW_FILE = Path(__file__).resolve().parents[2] / "workflows" / "nightly_batch.yaml"
 BATCH_COMMAND = ["python", "-m", "runner.batch"]  # the workflow adds --input/--output per file
 EXECUTIONS_API = "https://workflowexecutions.googleapis.com/v1/"
+# Runs (and cancels) executions of this one job with per-execution arguments: run.jobs.run,
+# run.jobs.runWithOverrides, run.executions.cancel. Narrower than roles/run.developer, which could
+# also update the job (its image, command, identity) or delete it.
+RUN_WITH_OVERRIDES_ROLE = "roles/run.jobsExecutorWithOverrides"
 
 # Used only while workflows/nightly_batch.yaml does not exist yet: runs the batch job once per file
 # under inbox/ (first page of the listing), without the Firestore `batches` bookkeeping.
@@ -99,6 +104,9 @@ class NightlyBatchArgs:
     time_zone: str
     workflow_source: str
     gpu_zonal_redundancy: bool = False
+    # Other identities that start this job with per-batch arguments (the submit function's, for
+    # on-demand batches: POST /v1/batches). Granted on the job only.
+    launcher_members: Sequence[pulumi.Input[str]] = ()
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,6 +188,13 @@ class NightlyBatch(pulumi.ComponentResource):
             opts=child_options(self, opts, depends_on=job_grants),
         )
 
+        # On-demand launchers (CloudRunBatchLauncher: JobsClient.run_job with overrides). Google's
+        # "execute jobs" page asks only for a role on the job; iam.serviceAccounts.actAs on the job's
+        # identity is documented for creating or updating a job, so it is not granted (docs/DEPLOY.md).
+        for i, member in enumerate(args.launcher_members):
+            gcp.cloudrunv2.JobIamMember(f"{name}-launcher-{i}", project=args.project, location=args.region,
+                                        name=self.job.name, role=RUN_WITH_OVERRIDES_ROLE, member=member, opts=child)
+
         # The workflow's identity: run this job with per-file arguments, read and move batch files,
         # record `batches/{id}`, write its call log.
         wf_sa = gcp.serviceaccount.Account(f"{name}-workflow-sa", project=args.project,
@@ -187,7 +202,7 @@ class NightlyBatch(pulumi.ComponentResource):
                                            display_name="llmq nightly batch workflow", opts=child)
         wf_grants = [
             gcp.cloudrunv2.JobIamMember(f"{name}-workflow-runs-job", project=args.project, location=args.region,
-                                        name=self.job.name, role="roles/run.jobsExecutorWithOverrides",
+                                        name=self.job.name, role=RUN_WITH_OVERRIDES_ROLE,
                                         member=wf_sa.member, opts=child),
             gcp.storage.BucketIAMMember(f"{name}-workflow-batch-files", bucket=args.batch_bucket,
                                         role="roles/storage.objectUser", member=wf_sa.member, opts=child),

@@ -30,6 +30,8 @@ MIN_GPU_CPU = 4
 MIN_GPU_MEMORY_GIB = 16
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
+AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
 
@@ -123,6 +125,11 @@ class Settings:
     # API functions
     api_invokers: tuple[str, ...] = ()  # IAM members allowed to call submit/status ("allUsers": public)
     api_max_instances: int = 20
+    # How the functions authenticate callers: "api_key" (keys in Firestore `api_keys`, created with
+    # `python -m scripts.api_keys`) or "iam" (Google ID tokens checked by IAM; needs non-public invokers).
+    api_auth_mode: str = "api_key"
+    quota_submissions_per_minute: int = 600  # per tenant; 0: no limit
+    quota_queued_jobs: int = 10_000  # per tenant; 0: no limit
     # Maintenance
     reconcile_schedule: str = "*/5 * * * *"
     reconcile_queued_seconds: int = 900  # longer than a GPU cold start, or every cold start republishes
@@ -192,6 +199,11 @@ class Settings:
         _check(1 <= self.api_max_instances <= 1000, "api_max_instances must be 1..1000")
         _check(all(m.startswith(("user:", "group:", "serviceAccount:", "domain:")) or m == "allUsers"
                    for m in self.api_invokers), "api_invokers must be IAM members (user:, group:, ...) or allUsers")
+        _check(self.api_auth_mode in AUTH_MODES, f"api_auth_mode must be one of {list(AUTH_MODES)}")
+        _check(self.api_auth_mode != "iam" or not set(self.api_invokers) & set(PUBLIC_MEMBERS),
+               "api_auth_mode iam trusts tokens IAM has verified: api_invokers must not include allUsers")
+        _check(self.quota_submissions_per_minute >= 0 and self.quota_queued_jobs >= 0,
+               "quota_submissions_per_minute and quota_queued_jobs must be >= 0 (0: no limit)")
         _check(len(self.reconcile_schedule.split()) == 5, "reconcile_schedule must be a 5-field cron expression")
         _check(len(self.batch_schedule.split()) == 5, "batch_schedule must be a 5-field cron expression")
         _check(60 <= self.reconcile_queued_seconds <= 86400, "reconcile_queued_seconds must be 60..86400")
@@ -307,6 +319,9 @@ def load() -> Settings:
         "force_destroy_buckets": cfg.get_bool("forceDestroyBuckets"),
         "api_invokers": _strings(cfg.get_object("apiInvokers"), "apiInvokers"),
         "api_max_instances": cfg.get_int("apiMaxInstances"),
+        "api_auth_mode": cfg.get("apiAuthMode"),
+        "quota_submissions_per_minute": cfg.get_int("quotaSubmissionsPerMinute"),
+        "quota_queued_jobs": cfg.get_int("quotaQueuedJobs"),
         "reconcile_schedule": cfg.get("reconcileSchedule"),
         "reconcile_queued_seconds": cfg.get_int("reconcileQueuedSeconds"),
         "reconcile_lease_lapsed_seconds": cfg.get_int("reconcileLeaseLapsedSeconds"),

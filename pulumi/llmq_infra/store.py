@@ -19,10 +19,14 @@ REQUEST = "request"  # jobs/{id}/request/body: the durable copy of the request (
 # `output` is rewritten ~1/s while streaming and never queried.
 UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expires_at", "deadline_at", "output")
 
-# The reconciler's queries (jobs/adapters/firestore_store.py): equality on status + range on a time.
+# Queries of jobs/adapters/firestore_store.py with an equality and a range filter: the reconciler's
+# (status + a time) and the per-tenant submissions-per-minute quota (jobs/quotas.py). `created_at` has
+# no single-field index (above), so without these the queries fail. The queued-jobs quota
+# (tenant == T AND status == queued) is equalities only: Firestore merges the single-field indexes.
 COMPOSITE_INDEXES: dict[str, tuple[str, str]] = {
     "queued-created": ("status", "created_at"),  # status == queued AND created_at < T
     "running-lease": ("status", "lease_expires_at"),  # status == running AND lease_expires_at < T
+    "tenant-created": ("tenant", "created_at"),  # tenant == T AND created_at >= now - 1 min (quota)
 }
 
 
