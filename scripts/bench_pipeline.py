@@ -333,7 +333,9 @@ def main() -> None:
     engine = asyncio.run(engine_alone(model_dir, levels, max_tokens=args.max_tokens, rounds=args.rounds,
                                       device=args.device))
     args.state_dir.mkdir(parents=True, exist_ok=True)
-    stack_args = ["--model-size", args.model_size, "--push-topics", str(max(1, (max(levels) + 1) // 2)),
+    # Twice the push slots the highest concurrency needs: jobs that end out of order must not wait
+    # behind the emulator's 2 pushes per subscription.
+    stack_args = ["--model-size", args.model_size, "--push-topics", str(max(1, max(levels))),
                   "--runner-env", f"LLMQ_MAX_CONCURRENCY={max(levels)}",
                   "--runner-env", f"LLMQ_MAX_INFLIGHT={max(levels) + max(levels) // 2}",
                   "--runner-env", f"LLMQ_DEVICE={args.device}"]

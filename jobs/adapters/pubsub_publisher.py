@@ -1,10 +1,13 @@
 """Publisher over Pub/Sub. Production uses one topic; the local stack may spread jobs over several
-(the emulator pushes only 2 requests at a time per subscription), chosen by a hash of the job id."""
+(the emulator pushes only 2 requests at a time per subscription), in turn: round robin keeps the
+topics evenly loaded, where a hash of the job id would pile several running jobs onto one
+subscription while others idle."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import zlib
+import itertools
+import threading
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
@@ -21,13 +24,16 @@ class PubSubPublisher:
         self._client = client
         self._topic_paths = [client.topic_path(project, t) for t in topics]
         self._timeout = timeout
+        self._turn = itertools.cycle(self._topic_paths)
+        self._lock = threading.Lock()
 
-    def topic_for(self, job_id: str) -> str:
-        return self._topic_paths[zlib.crc32(job_id.encode()) % len(self._topic_paths)]
+    def next_topic(self) -> str:
+        with self._lock:
+            return next(self._turn)
 
     def publish(self, message: JobMessage) -> str:
         future = self._client.publish(
-            self.topic_for(message.job_id),
+            self.next_topic(),
             message.model_dump_json().encode(),
             retry=Retry(timeout=self._timeout),
             timeout=self._timeout,
