@@ -7,18 +7,10 @@ import re
 
 import flask
 import functions_framework
-from pydantic import ValidationError
 
 from jobs.adapters.batch_wiring import batch_service
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import (
-    error_response,
-    install_json_errors,
-    json_response,
-    openapi_document,
-    read_json_body,
-    validation_error,
-)
+from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document, read_model
 from jobs.adapters.wiring import job_service
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
@@ -62,12 +54,7 @@ def _route(request: flask.Request) -> flask.Response:
 
 
 def _submit(request: flask.Request, tenant: str) -> flask.Response:
-    settings = api_settings()
-    body = read_json_body(request, max_bytes=settings.max_body_bytes)
-    try:
-        job_request = JobRequest.model_validate(body)
-    except ValidationError as err:
-        raise validation_error(err) from None
+    job_request = read_model(request, JobRequest, max_bytes=api_settings().max_body_bytes)
     view, created = job_service().submit(
         job_request, tenant=tenant, idempotency_key=request.headers.get("Idempotency-Key")
     )
@@ -75,12 +62,7 @@ def _submit(request: flask.Request, tenant: str) -> flask.Response:
 
 
 def _create_batch(request: flask.Request, tenant: str) -> flask.Response:
-    settings = api_settings()
-    body = read_json_body(request, max_bytes=settings.max_batch_body_bytes)
-    try:
-        create = CreateBatchRequest.model_validate(body)
-    except ValidationError as err:
-        raise validation_error(err) from None
+    create = read_model(request, CreateBatchRequest, max_bytes=api_settings().max_batch_body_bytes)
     record = batch_service().create(create, tenant=tenant)
     return json_response(record.view(), 202, {"Location": f"/v1/batches/{record.id}"})
 

@@ -7,11 +7,11 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import flask
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from jobs.errors import InvalidRequest, PayloadTooLarge, PlatformError, UnsupportedMediaType
@@ -74,6 +74,19 @@ def read_json_body(request: flask.Request, *, max_bytes: int) -> Any:
     if _depth(body) > MAX_JSON_DEPTH:
         raise InvalidRequest(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
     return body
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_model(request: flask.Request, model: type[ModelT], *, max_bytes: int) -> ModelT:
+    """The JSON body validated into `model`. Raises the 4xx errors of read_json_body, and
+    InvalidRequest with field details when the body does not fit the model."""
+    body = read_json_body(request, max_bytes=max_bytes)
+    try:
+        return model.model_validate(body)
+    except ValidationError as err:
+        raise validation_error(err) from None
 
 
 def validation_error(err: ValidationError) -> InvalidRequest:
