@@ -80,12 +80,15 @@ def run(stack: Stack, *, jobs: int, concurrency: int, kill_every: tuple[float, f
         with stack.http(timeout=60) as client, ThreadPoolExecutor(concurrency) as pool:
             def submit(i: int) -> str | None:
                 body = {"prompt": f"soak {i}:", "max_tokens": 8 + i % 9, "metadata": {"soak": run_id}}
-                for _ in range(5):  # a client retries 503s with its idempotency key
+                # A well-behaved client: retries 503s with its idempotency key, and waits out 429s
+                # (the tenant's submission quota) for as long as Retry-After says.
+                for _ in range(60):
                     response = stack.submit(client, body, headers={"Idempotency-Key": f"{run_id}-{i}"})
                     if response.status_code in (200, 202):
                         return str(response.json()["id"])
-                    if response.status_code != 503:
+                    if response.status_code not in (429, 503):
                         break
+                    time.sleep(min(30, int(response.headers.get("Retry-After", "1"))))
                 return None
 
             for job_id in pool.map(submit, range(jobs)):
