@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs.push_auth import GOOGLE_CERTS_URL
+
 
 class RunnerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore", protected_namespaces=())
@@ -38,7 +40,7 @@ class RunnerSettings(BaseSettings):
     # if set, names the push service account) are accepted; others get 401. Off in the local stack.
     push_audience: str | None = None
     push_service_account: str | None = None
-    push_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    push_certs_url: str = GOOGLE_CERTS_URL
 
     # Partial output of `stream` jobs is written at most this often (Firestore: ~1 write/s/doc).
     stream_interval_seconds: float = 1.0
