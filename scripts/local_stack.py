@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short and orphan the emulators.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         stack.stop()
 
 
