@@ -72,19 +72,38 @@ class JobFactory:
 
 
 @contextmanager
-def extra_runner(stack: Stack, tmp_path: Path, **settings: str) -> Iterator[str]:
-    """Another runner instance with the stack's settings (plus overrides); yields its push URL."""
-    port = free_port()
+def _extra_instance(stack: Stack, name: str, argv: list[str], ready_path: str, tmp_path: Path,
+                    settings: dict[str, str], *, port: int) -> Iterator[str]:
+    """Another instance of a stack service, with the stack's settings plus `settings` (LLMQ_ names
+    without the prefix), started and stopped around the block; yields its base URL."""
     env = {**os.environ, **stack.info["env"], **stack.info["settings_env"], "PYTHONPATH": str(REPO)}
     env.update({f"LLMQ_{k.upper()}": v for k, v in settings.items()})
-    runner = ManagedProcess(f"runner-{port}", [sys.executable, "-m", "runner", "--port", str(port)],
-                            log_dir=tmp_path, env=env, cwd=REPO)
-    runner.start()
+    process = ManagedProcess(f"{name}-{port}", argv, log_dir=tmp_path, env=env, cwd=REPO)
+    process.start()
     try:
-        runner.wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
-        yield f"http://127.0.0.1:{port}/push"
+        process.wait_http(f"http://127.0.0.1:{port}{ready_path}", timeout=120)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        runner.stop()
+        process.stop()
+
+
+@contextmanager
+def extra_runner(stack: Stack, tmp_path: Path, **settings: str) -> Iterator[str]:
+    """Another runner instance; yields its push URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "runner", "--port", str(port)]
+    with _extra_instance(stack, "runner", argv, "/readyz", tmp_path, settings, port=port) as url:
+        yield f"{url}/push"
+
+
+@contextmanager
+def extra_function(stack: Stack, target: str, tmp_path: Path, **settings: str) -> Iterator[str]:
+    """Another instance of a function; yields its URL."""
+    port = free_port()
+    argv = [sys.executable, "-m", "scripts.serve_function", "--target", target,
+            "--source", str(REPO / "functions" / target / "main.py"), "--port", str(port)]
+    with _extra_instance(stack, target, argv, "/openapi.json", tmp_path, settings, port=port) as url:
+        yield url
 
 
 @contextmanager
@@ -110,19 +129,3 @@ def wait_for_log(path: Path, needle: str, *, timeout: float, start: int = 0) -> 
 def log_size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
-
-@contextmanager
-def extra_function(stack: Stack, target: str, tmp_path: Path, **settings: str) -> Iterator[str]:
-    """Another instance of a function with the stack's settings (plus overrides); yields its URL."""
-    port = free_port()
-    env = {**os.environ, **stack.info["env"], **stack.info["settings_env"], "PYTHONPATH": str(REPO)}
-    env.update({f"LLMQ_{k.upper()}": v for k, v in settings.items()})
-    argv = [sys.executable, "-m", "scripts.serve_function", "--target", target,
-            "--source", str(REPO / "functions" / target / "main.py"), "--port", str(port)]
-    function = ManagedProcess(f"{target}-{port}", argv, log_dir=tmp_path, env=env, cwd=REPO)
-    function.start()
-    try:
-        function.wait_http(f"http://127.0.0.1:{port}/openapi.json", timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        function.stop()
