@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
 from google.cloud import firestore
 
+from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
 from jobs.batches import BatchRecord, Mutation
 from jobs.errors import DependencyUnavailable
 
@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 
 BATCHES = "batches"
 _UPDATE_ATTEMPTS = 10
-_TIMEOUT = 10.0
-_RETRY = Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)
-_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
-                gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
 
 
 class FirestoreBatchStore:
@@ -33,50 +29,32 @@ class FirestoreBatchStore:
 
     def create(self, record: BatchRecord) -> bool:
         try:
-            self._batches.document(record.id).create(record.to_document(), timeout=_TIMEOUT, retry=_RETRY)
+            self._batches.document(record.id).create(record.to_document(), timeout=TIMEOUT, retry=RETRY)
         except gexc.Conflict:
             return False
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
         return True
 
     def get(self, batch_id: str) -> BatchRecord | None:
         try:
-            snapshot = self._batches.document(batch_id).get(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            snapshot = self._batches.document(batch_id).get(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
         return _record(snapshot.id, snapshot.to_dict()) if snapshot.exists else None
 
     def delete(self, batch_id: str) -> None:
         try:
-            self._batches.document(batch_id).delete(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            self._batches.document(batch_id).delete(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
 
     def update(self, batch_id: str, mutate: Mutation) -> tuple[BatchRecord | None, bool]:
-        ref = self._batches.document(batch_id)
-        try:
-            for _ in range(_UPDATE_ATTEMPTS):
-                snapshot = ref.get(timeout=_TIMEOUT, retry=_RETRY)
-                if not snapshot.exists:
-                    return None, False
-                current = _record(snapshot.id, snapshot.to_dict())
-                new = mutate(current)
-                if new is None:
-                    return current, False
-                before, after = current.to_document(), new.to_document()
-                changes = {k: v for k, v in after.items() if before.get(k) != v}
-                if not changes:
-                    return current, False
-                try:
-                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time),
-                               timeout=_TIMEOUT, retry=_RETRY)
-                    return new, True
-                except (gexc.FailedPrecondition, gexc.NotFound):
-                    continue  # changed under us (another task, a cancel): decide again on the fresh state
-        except _UNAVAILABLE as err:
-            raise DependencyUnavailable("the batch store is unavailable") from err
-        raise DependencyUnavailable(f"batch {batch_id} is changing too often to update; retry")
+        return conditional_update(
+            self._client, self._batches.document(batch_id), mutate,
+            parse=lambda snapshot: _record(snapshot.id, snapshot.to_dict()), dump=lambda r: r.to_document(),
+            attempts=_UPDATE_ATTEMPTS, what="batch",
+        )
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
         def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:

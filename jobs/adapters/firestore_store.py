@@ -10,10 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation
@@ -23,12 +23,6 @@ log = logging.getLogger(__name__)
 JOBS = "jobs"
 REQUEST_SUBCOLLECTION = "request"  # jobs/{id}/request/body: the durable copy of the request
 _UPDATE_ATTEMPTS = 8
-# Every call is bounded: an unreachable Firestore must turn into a retryable error well inside a
-# push's ack deadline, not a request hanging on the client's default minute-long retry.
-_TIMEOUT = 10.0
-_RETRY = Retry(timeout=_TIMEOUT, initial=0.1, maximum=2.0)
-_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.RetryError,
-                gexc.Aborted, gexc.Unknown, gexc.ResourceExhausted, gexc.TooManyRequests)
 
 
 def _document(record: JobRecord) -> dict[str, Any]:
@@ -51,24 +45,24 @@ class FirestoreJobStore:
             {"message": message.model_dump_json(), "expire_at": record.expire_at},
         )
         try:
-            batch.commit(timeout=_TIMEOUT, retry=_RETRY)
+            batch.commit(timeout=TIMEOUT, retry=RETRY)
         except gexc.Conflict:  # AlreadyExists: the idempotency key was used before
             return False
-        except _UNAVAILABLE as err:
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return True
 
     def get(self, job_id: str) -> JobRecord | None:
         try:
-            snapshot = self._jobs.document(job_id).get(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            snapshot = self._jobs.document(job_id).get(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def get_message(self, job_id: str) -> JobMessage | None:
         try:
-            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobMessage.model_validate_json(snapshot.get("message")) if snapshot.exists else None
 
@@ -78,31 +72,16 @@ class FirestoreJobStore:
         batch.delete(ref.collection(REQUEST_SUBCOLLECTION).document("body"))
         batch.delete(ref)
         try:
-            batch.commit(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            batch.commit(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
     def update(self, job_id: str, mutate: Mutation) -> tuple[JobRecord | None, bool]:
-        ref = self._jobs.document(job_id)
-        try:
-            for _ in range(_UPDATE_ATTEMPTS):
-                snapshot = ref.get(timeout=_TIMEOUT, retry=_RETRY)
-                if not snapshot.exists:
-                    return None, False
-                current = JobRecord.model_validate(snapshot.to_dict())
-                new = mutate(current)
-                if new is None:
-                    return current, False
-                before, after = _document(current), _document(new)
-                changes = {k: v for k, v in after.items() if before.get(k) != v}
-                try:
-                    ref.update(changes, option=self._client.write_option(last_update_time=snapshot.update_time), timeout=_TIMEOUT, retry=_RETRY)
-                    return new, True
-                except (gexc.FailedPrecondition, gexc.NotFound):
-                    continue  # changed (or deleted) under us: decide again on the fresh state
-        except _UNAVAILABLE as err:
-            raise DependencyUnavailable("the job store is unavailable") from err
-        raise DependencyUnavailable(f"job {job_id} is changing too often to update; retry")
+        return conditional_update(
+            self._client, self._jobs.document(job_id), mutate,
+            parse=lambda snapshot: JobRecord.model_validate(snapshot.to_dict()), dump=_document,
+            attempts=_UPDATE_ATTEMPTS, what="job",
+        )
 
     def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
         finished = threading.Event()
@@ -145,8 +124,8 @@ class FirestoreJobStore:
         running = (self._jobs.where(filter=FieldFilter("status", "==", "running"))
                    .where(filter=FieldFilter("lease_expires_at", "<", lease_expired_before)).limit(limit))
         try:
-            return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=_TIMEOUT, retry=_RETRY)]
-        except _UNAVAILABLE as err:
+            return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=TIMEOUT, retry=RETRY)]
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
     def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
@@ -157,7 +136,7 @@ class FirestoreJobStore:
         if created_since is not None:
             query = query.where(filter=FieldFilter("created_at", ">=", created_since))
         try:
-            result = query.count().get(timeout=_TIMEOUT, retry=_RETRY)
-        except _UNAVAILABLE as err:
+            result = query.count().get(timeout=TIMEOUT, retry=RETRY)
+        except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return int(result[0][0].value)
