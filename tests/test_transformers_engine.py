@@ -143,6 +143,22 @@ def test_greedy_is_deterministic_and_sampling_runs(model_dir: Path) -> None:
     with_engine(model_dir, body)
 
 
+def test_extreme_sampling_values_cannot_kill_the_engine(model_dir: Path) -> None:
+    # Values the API accepts (a fuzzer found them): a vanishing temperature would divide the logits
+    # into inf/NaN and crash the generation thread that every request shares.
+    async def body(engine: TransformersEngine) -> None:
+        greedy = (await collect(engine, request("g", max_tokens=12)))[-1]
+        for i, (temperature, top_p) in enumerate([(5e-324, 1.0), (1e-300, 1e-300), (1e-6, 0.5), (2.0, 5e-324)]):
+            last = check_stream(await collect(engine, request(f"x{i}", max_tokens=12, temperature=temperature,
+                                                              top_p=top_p)))
+            assert last.completion_tokens > 0
+            if temperature < 1e-5:
+                assert last.text == greedy.text  # as greedy
+        await engine.check_health()
+
+    with_engine(model_dir, body)
+
+
 def test_concurrent_requests_share_forward_passes(model_dir: Path) -> None:
     n, max_tokens = 8, 32
 

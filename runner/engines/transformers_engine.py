@@ -46,6 +46,7 @@ from jobs.engine import (
 logger = logging.getLogger(__name__)
 
 _HEALTH_POLL_S = 0.5  # a waiting generate() re-checks the thread this often, in case it died silently
+_GREEDY_BELOW = 1e-5  # temperatures below this sample greedily
 _PAGE_SIZE = 256  # tokens per KV-cache page; transformers' default
 
 
@@ -259,7 +260,9 @@ class TransformersEngine:
         # Internal ids are unique, so a retried request id never collides with a cancel still in flight.
         stream = _Stream(f"{request.request_id}#{next(self._ids)}")
         manager.register_result_handler(stream.internal_id, stream.deliver)
-        greedy = sampling.temperature <= 0.0
+        # As vLLM does (_SAMPLING_EPS): a temperature this small is greedy. Dividing logits by it
+        # gives inf/NaN probabilities, which crash the shared generation thread for every request.
+        greedy = sampling.temperature < _GREEDY_BELOW
         accepted = manager.add_request(
             prompt_ids,
             request_id=stream.internal_id,
