@@ -38,3 +38,11 @@ def db(stack: Stack):  # type: ignore[no-untyped-def]
 def http(stack: Stack):  # type: ignore[no-untyped-def]
     with stack.http() as client:
         yield client
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `restarts_runner` run last. After pushes fail with "connection refused" (a
+    runner being restarted) the Pub/Sub emulator holds those subscriptions' messages back for
+    minutes, where Pub/Sub would retry with the subscription's backoff; a test after them that
+    pushes through the stack's topics would wait on the emulator, not on the platform."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_runner") is not None)

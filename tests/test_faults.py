@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from google.cloud import pubsub_v1
 
 from jobs.ids import new_job_id
@@ -39,6 +40,7 @@ def _wait_status(watcher: JobWatcher, job_id: str, status: str, timeout: float) 
     raise AssertionError(f"{job_id} never reached {status}: {watcher.statuses(job_id)}")
 
 
+@pytest.mark.restarts_runner
 def test_runner_killed_mid_generation_finishes_exactly_once(stack: Stack, db: Any, http: httpx.Client) -> None:
     with JobWatcher(db) as watcher:
         job = stack.submit(http, LONG).json()
