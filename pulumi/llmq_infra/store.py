@@ -139,7 +139,8 @@ class Store(pulumi.ComponentResource):
             project=args.project, database=args.database, collection=REQUEST, field="message",
             index_config=gcp.firestore.FieldIndexConfigArgs(), opts=chained(),
         ))
-        # The runner's cancellation listener: runner_instance == X (ascending, collection scope).
+        # The runner's cancellation listener: runner_instance == X AND status == cancelled, served by merging
+        # this index with the default one on status (equalities only: no composite index).
         previous.append(gcp.firestore.Field(
             f"{name}-jobs-runner-instance",
             project=args.project, database=args.database, collection=JOBS, field="runner_instance",
