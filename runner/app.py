@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -131,8 +132,11 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
             state.die()
             return JSONResponse({"status": "dead"}, status_code=503)
         info = state.engine.info
-        return JSONResponse({"status": "ready", "model": info.model,
-                             "inflight": state.processor.inflight if state.processor else 0})
+        body = {"status": "ready", "model": info.model, "inflight": state.processor.inflight if state.processor else 0}
+        stats = getattr(state.engine, "stats", None)  # counters, where the engine keeps them (transformers)
+        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+            body["engine"] = dataclasses.asdict(stats)
+        return JSONResponse(body)
 
     return Starlette(
         routes=[

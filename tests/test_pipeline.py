@@ -29,6 +29,7 @@ def _result_text(result: dict[str, Any]) -> str:
 def test_twenty_concurrent_jobs_succeed_and_results_match(stack: Stack, db: Any) -> None:
     bodies = [_body(i) for i in range(20)]
     with JobWatcher(db) as watcher, ThreadPoolExecutor(20) as pool, stack.http() as client:
+        before = client.get(f"{stack.info['runner_url']}/readyz").json()["engine"]
         def submit(body: dict[str, Any]) -> dict[str, Any]:
             response = stack.submit(client, body)
             assert response.status_code == 202, response.text
@@ -40,6 +41,7 @@ def test_twenty_concurrent_jobs_succeed_and_results_match(stack: Stack, db: Any)
         assert all(j["status"] == "queued" for j in jobs)
         assert len({j["id"] for j in jobs}) == 20
         assert watcher.wait(240), {j["id"]: watcher.statuses(j["id"]) for j in jobs}
+        after = client.get(f"{stack.info['runner_url']}/readyz").json()["engine"]
 
         bucket = stack.storage().bucket(stack.info["results_bucket"])
         for job, body in zip(jobs, bodies):
@@ -68,6 +70,12 @@ def test_twenty_concurrent_jobs_succeed_and_results_match(stack: Stack, db: Any)
             assert _result_text(result) == doc["output"]
             assert result["choices"][0]["finish_reason"] == doc["finish_reason"]
             assert result["timings"]["generation_seconds"] > 0
+
+    # The jobs were batched in the runner's engine: fewer forward passes than tokens generated.
+    generated = sum(watcher.latest(j["id"])["usage"]["completion_tokens"] for j in jobs)
+    assert after["tokens_generated"] - before["tokens_generated"] == generated
+    assert after["forward_passes"] - before["forward_passes"] < generated
+    assert after["running"] == 0
 
 
 def test_wait_holds_until_the_job_is_final(stack: Stack, http: httpx.Client) -> None:
