@@ -24,12 +24,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,9 @@ class Point:
     jobs: int
     seconds: float
     tokens: int
+    # Where the time went (Linux /proc; empty elsewhere): CPU seconds by role, and the engine's counters.
+    cpu: dict[str, float] = field(default_factory=dict)
+    forward_passes: int = 0
 
     @property
     def jobs_per_s(self) -> float:
@@ -56,6 +60,72 @@ class Point:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    def cpu_percent(self, role: str) -> float:
+        return 100 * self.cpu.get(role, 0.0) / self.seconds
+
+    @property
+    def engine_tokens_per_cpu_s(self) -> float:
+        """Tokens per CPU-second of the process that runs the engine: what the engine gets out of the CPU
+        it is given, whatever else runs on the machine."""
+        cpu = self.cpu.get("engine process", 0.0)
+        return self.tokens / cpu if cpu else 0.0
+
+    @property
+    def sequences_per_pass(self) -> float:
+        """Mean batch size: tokens generated per forward pass (prefill passes count too)."""
+        return self.tokens / self.forward_passes if self.forward_passes else 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by process trees, read from /proc (Linux). The emulators' Java processes are
+    children of `gcloud`, so each root counts with all its descendants, except this process (which
+    started the whole stack): it counts alone, under `self_role`."""
+
+    def __init__(self, roles: dict[str, list[int]], *, self_role: str) -> None:
+        self._roles = roles
+        self._self_role = self_role
+        self._start = self._read()
+
+    @staticmethod
+    def _table() -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU seconds) for every process."""
+        tick = os.sysconf("SC_CLK_TCK")
+        table: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        return table
+
+    def _read(self) -> dict[str, float]:
+        if not os.path.isdir("/proc/self"):
+            return {}
+        table = self._table()
+        children: dict[int, list[int]] = {}
+        for pid, (parent, _) in table.items():
+            children.setdefault(parent, []).append(pid)
+        totals: dict[str, float] = {}
+        for role, roots in self._roles.items():
+            seen, todo = set(), list(roots)
+            while todo:
+                pid = todo.pop()
+                if pid not in seen and pid in table and pid != os.getpid():
+                    seen.add(pid)
+                    todo.extend(children.get(pid, ()))
+            totals[role] = sum(table[pid][1] for pid in seen)
+        totals[self._self_role] = table[os.getpid()][1]
+        return totals
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds per role since this meter was made."""
+        now = self._read()
+        return {role: now[role] - self._start.get(role, 0.0) for role in now}
 
 
 def jobs_for(concurrency: int, rounds: int) -> int:
@@ -74,10 +144,13 @@ async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, r
         await _drive(engine, 2, max_tokens)  # warm-up
         for c in levels:
             n = jobs_for(c, rounds)
+            meter, passes = CpuMeter({}, self_role="engine process"), engine.stats.forward_passes
             started = time.monotonic()
             tokens = await _drive_closed_loop(engine, n, c, max_tokens)
-            results[c] = Point(n, time.monotonic() - started, tokens)
-            print(f"  engine   C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s", flush=True)
+            results[c] = Point(n, time.monotonic() - started, tokens, cpu=meter.used(),
+                               forward_passes=engine.stats.forward_passes - passes)
+            print(f"  engine   C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s "
+                  f"{_diagnosis(results[c])}", flush=True)
     finally:
         await engine.shutdown()
     return results
@@ -163,14 +236,40 @@ def pipeline(stack: Stack, levels: list[int], *, max_tokens: int, rounds: int) -
             jobs.one_job()  # warm-up
             for c in levels:
                 n = jobs_for(c, rounds)
+                meter, passes = CpuMeter(_stack_roles(stack), self_role="bench client"), _engine_counter(stack, client, "forward_passes")
                 started = time.monotonic()
                 tokens = _closed_loop_threads(jobs.one_job, n, c)
-                results[c] = Point(n, time.monotonic() - started, tokens)
-                print(f"  pipeline C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s",
-                      flush=True)
+                results[c] = Point(n, time.monotonic() - started, tokens, cpu=meter.used(),
+                                   forward_passes=_engine_counter(stack, client, "forward_passes") - passes)
+                print(f"  pipeline C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s "
+                      f"{_diagnosis(results[c])}", flush=True)
         finally:
             jobs.close()
     return results
+
+
+def _stack_roles(stack: Stack) -> dict[str, list[int]]:
+    """The stack's processes by role: the runner holds the engine; the emulators stand in for managed
+    services, and the functions and this client run elsewhere in production."""
+    pids = stack.info.get("pids", {})
+    return {
+        "engine process": [pids["runner"]] if "runner" in pids else [],
+        "emulators": [pid for name, pid in pids.items() if name.endswith("_emulator")],
+        "functions": [pid for name, pid in pids.items() if name != "runner" and not name.endswith("_emulator")],
+    }
+
+
+def _engine_counter(stack: Stack, client: httpx.Client, name: str) -> int:
+    return int(client.get(f"{stack.info['runner_url']}/readyz").json().get("engine", {}).get(name, 0))
+
+
+def _diagnosis(point: Point) -> str:
+    if not point.cpu:
+        return ""
+    others = ", ".join(f"{role} {point.cpu_percent(role):.0f}%" for role in point.cpu if role != "engine process")
+    return (f"| engine process {point.cpu_percent('engine process'):.0f}% CPU, "
+            f"{point.engine_tokens_per_cpu_s:.0f} tok/CPU-s, {point.sequences_per_pass:.1f} seq/pass"
+            + (f" | {others}" if others else ""))
 
 
 def _closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) -> int:
@@ -288,6 +387,29 @@ async def batch_file(stack: Stack, model_dir: Path, work: Path, n: int, *, max_t
     return Point(n, seconds, outcome.completion_tokens)
 
 
+def _print_where_the_gap_is(levels: list[int], engine: dict[int, Point], pipe: dict[int, Point],
+                            rows: list[dict[str, Any]]) -> None:
+    """pipeline ÷ engine = (CPU the engine's process got) × (tokens it made per CPU-second) relative to the
+    engine alone: the first falls when other processes share the machine, the second when the pipeline
+    makes the engine itself less efficient (smaller batches, GIL contention, thread stalls)."""
+    print("\n| C | engine process CPU, alone → in pipeline | tok per CPU-s, alone → in pipeline | "
+          "seq/pass, alone → in pipeline | other processes' CPU in pipeline |")
+    print("|---|---|---|---|---|")
+    for c, row in zip(levels, rows):
+        e, p = engine[c], pipe[c]
+        others = ", ".join(f"{role} {p.cpu_percent(role):.0f}%" for role in p.cpu if role != "engine process")
+        print(f"| {c} | {e.cpu_percent('engine process'):.0f}% → {p.cpu_percent('engine process'):.0f}% | "
+              f"{e.engine_tokens_per_cpu_s:.0f} → {p.engine_tokens_per_cpu_s:.0f} | "
+              f"{e.sequences_per_pass:.1f} → {p.sequences_per_pass:.1f} | {others} |")
+        row.update({"engine_cpu_pct": e.cpu_percent("engine process"),
+                    "pipeline_engine_process_cpu_pct": p.cpu_percent("engine process"),
+                    "engine_tok_per_cpu_s": e.engine_tokens_per_cpu_s,
+                    "pipeline_tok_per_engine_process_cpu_s": p.engine_tokens_per_cpu_s,
+                    "engine_seq_per_pass": e.sequences_per_pass, "pipeline_seq_per_pass": p.sequences_per_pass,
+                    "pipeline_other_cpu_pct": {role: p.cpu_percent(role) for role in p.cpu
+                                               if role != "engine process"}})
+
+
 def plot(path: Path, levels: list[int], engine: dict[int, Point], pipe: dict[int, Point], naive: Point) -> None:
     import matplotlib
 
@@ -371,6 +493,8 @@ def main() -> None:
               f"{naive.jobs_per_s:.2f} | {p.tokens_per_s / e.tokens_per_s:.2f} | "
               f"{p.tokens_per_s / naive.tokens_per_s:.2f} |")
     print("\n(ratios of tokens/s; jobs generate up to max_tokens and may stop earlier at an end-of-sequence token)")
+    if all(engine[c].cpu and pipe[c].cpu for c in levels):
+        _print_where_the_gap_is(levels, engine, pipe, rows)
     report: dict[str, Any] = {"levels": rows}
     if batch_vs_jobs is not None:
         as_batch, as_jobs = batch_vs_jobs
