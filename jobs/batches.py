@@ -309,6 +309,26 @@ def cancel(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
     return with_status(record, BatchStatus.CANCELLING, now=now)
 
 
+RUNNER_LOST = "runner_lost"
+
+
+def abandon(record: BatchRecord, *, now: datetime, stale_for: timedelta) -> BatchRecord | None:
+    """End a batch that nothing is working on: not final, and its document untouched for `stale_for` (a
+    running batch writes its progress about once a second). Its runner never started (a lost launch, a
+    local launcher restarted) or died for good. A `cancelling` batch ends `cancelled`; any other ends
+    `failed`, code `runner_lost`, which a rerun (or a runner that starts late) resumes. None: leave it."""
+    if record.status.is_final or (record.updated_at or record.created_at) > now - stale_for:
+        return None
+    minutes = int(stale_for.total_seconds() // 60)
+    if record.status is BatchStatus.CANCELLING:
+        return with_status(record, BatchStatus.CANCELLED, now=now, error=BatchErrorInfo(
+            code=RUNNER_LOST, message=f"cancelled; no runner had worked on it for {minutes} min, so lines "
+                                      "that never ran are in neither output file"))
+    return with_status(record, BatchStatus.FAILED, now=now, error=BatchErrorInfo(
+        code=RUNNER_LOST, message=f"no progress for {minutes} min: its runner never started or stopped; "
+                                  "rerunning the batch resumes it"))
+
+
 Mutation = Callable[[BatchRecord], BatchRecord | None]
 
 
@@ -326,6 +346,10 @@ class BatchStore(Protocol):
     def update(self, batch_id: str, mutate: Mutation) -> tuple[BatchRecord | None, bool]:
         """Apply `mutate` with a precondition on the document's update time (re-read and re-applied on a
         concurrent change). Returns (document after, changed); (None, False) if it does not exist."""
+        ...
+
+    def find_stale(self, *, updated_before: datetime, limit: int) -> list[BatchRecord]:
+        """Batches not final whose document was last written before `updated_before`."""
         ...
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:

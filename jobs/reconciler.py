@@ -6,6 +6,9 @@
 
 Re-publishing is safe: a duplicate message finds the job finished (ack) or leased (retry later).
 Queued jobs past their start deadline are cancelled instead.
+
+Batches nothing works on any more (no progress written for a long time) are ended: `failed` with
+`runner_lost` (a rerun resumes them), or `cancelled` if a cancel was waiting for a runner.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from jobs import lifecycle
+from jobs import batches, lifecycle
+from jobs.batches import BatchStatus, BatchStore
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobRecord
 from jobs.ports import JobStore, Publisher
@@ -30,6 +34,8 @@ class ReconcileReport:
     expired: int = 0
     failed: int = 0  # no request copy left to republish from
     errors: int = 0
+    batches_failed: int = 0  # ended `failed`/runner_lost
+    batches_cancelled: int = 0  # a cancel that no runner was there to finish
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -86,3 +92,27 @@ def _mark_republished(current: JobRecord, seen: JobRecord, now: datetime) -> Job
     if current.status is not seen.status or current.lease_expires_at != seen.lease_expires_at:
         return None
     return current.model_copy(update={"republished_at": now})
+
+
+def reconcile_batches(
+    store: BatchStore, *, now: datetime, stale_for: timedelta = timedelta(hours=1), limit: int = 100,
+    report: ReconcileReport | None = None,
+) -> ReconcileReport:
+    """End the batches nothing works on any more (see `batches.abandon`)."""
+    report = report or ReconcileReport()
+    for record in store.find_stale(updated_before=now - stale_for, limit=limit):
+        report.examined += 1
+        try:
+            ended, changed = store.update(record.id, lambda current: batches.abandon(current, now=now,
+                                                                                     stale_for=stale_for))
+        except DependencyUnavailable:
+            report.errors += 1
+            log.warning("could not reconcile", extra={"batch_id": record.id})
+            continue
+        if changed and ended is not None:
+            if ended.status is BatchStatus.CANCELLED:
+                report.batches_cancelled += 1
+            else:
+                report.batches_failed += 1
+            log.warning("batch abandoned", extra={"batch_id": record.id, "status": ended.status.value})
+    return report

@@ -39,6 +39,9 @@ class ApiSettings(BaseSettings):
     # The reconciler re-publishes jobs queued longer than this, or whose lease lapsed this long ago.
     reconcile_queued_seconds: float = 300
     reconcile_lease_lapsed_seconds: float = 120
+    # ...and ends batches whose document nobody wrote for this long (a running batch writes about once
+    # a second; loading the model takes minutes, so this stays well above that).
+    reconcile_batch_stale_seconds: float = 3600
     # Batches (docs/BATCH.md): the bucket with inbox/, outbox/ and inbox-ondemand/ (inline JSONL).
     batch_bucket: str = "llmq-batch"
     # POST /v1/batches bodies (inline JSONL included) may be this large; Cloud Functions take 32 MB.

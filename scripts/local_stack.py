@@ -283,7 +283,7 @@ class LocalStack:
         except (urllib.error.URLError, OSError, ValueError) as err:
             log.warning("reconcile failed: %s", err)
             return
-        if report.get("republished") or report.get("expired") or report.get("failed"):
+        if any(report.get(key) for key in ("republished", "expired", "failed", "batches_failed", "batches_cancelled")):
             log.info("reconciled: %s", report)
 
     def stop(self) -> None:

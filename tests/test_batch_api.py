@@ -131,3 +131,47 @@ def test_openapi_describes_the_batch_routes(stack: Stack, http: httpx.Client) ->
     for url in (stack.info["submit_url"], stack.info["status_url"]):
         paths = http.get(f"{url}/openapi.json").json()["paths"]
         assert {"/v1/batches", "/v1/batches/{id}", "/v1/batches/{id}/cancel"} <= set(paths)
+
+
+def test_reconciler_ends_batches_that_no_runner_works_on(stack: Stack, db: Any, http: httpx.Client) -> None:
+    # Batch documents as a lost launch or a dead runner leaves them: not final, untouched for two days.
+    from datetime import timedelta
+
+    from jobs.adapters.batch_store import FirestoreBatchStore
+    from jobs.batches import BatchRecord, BatchStatus, new_batch_id
+    from jobs.service import utcnow
+
+    store, now = FirestoreBatchStore(db), utcnow()
+    long_ago = now - timedelta(days=2)
+    ids: dict[str, str] = {}
+    for label, status, when in [("validating", BatchStatus.VALIDATING, long_ago),
+                                ("in_progress", BatchStatus.IN_PROGRESS, long_ago),
+                                ("cancelling", BatchStatus.CANCELLING, long_ago),
+                                ("completed", BatchStatus.COMPLETED, long_ago),
+                                ("fresh", BatchStatus.IN_PROGRESS, now)]:
+        ids[label] = new_batch_id()
+        record = BatchRecord.new(batch_id=ids[label], input_uri="gs://b/in.jsonl", output_prefix="gs://b/out/",
+                                 now=when, tenant=stack.info["tenant"], source="api")
+        assert store.create(record.model_copy(update={"status": status}))
+
+    # Only what was untouched for a day counts (batches other tests run now are not touched).
+    report = http.post(f"{stack.info['reconcile_url']}/", json={"batch_stale_for_seconds": 86400}).json()
+    assert report["batches_failed"] == 2 and report["batches_cancelled"] == 1, report
+
+    def seen(label: str) -> dict[str, Any]:
+        response = http.get(f"{stack.info['status_url']}/v1/batches/{ids[label]}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    for label in ("validating", "in_progress"):
+        body = seen(label)
+        assert body["status"] == "failed" and body["error"]["code"] == "runner_lost", body
+        assert body["failed_at"] is not None
+    cancelled = seen("cancelling")
+    assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "runner_lost"
+    assert seen("completed")["status"] == "completed" and seen("completed")["error"] is None
+    assert seen("fresh")["status"] == "in_progress"
+
+    # A second run finds nothing more to do.
+    again = http.post(f"{stack.info['reconcile_url']}/", json={"batch_stale_for_seconds": 86400}).json()
+    assert again["batches_failed"] == 0 and again["batches_cancelled"] == 0, again

@@ -190,3 +190,21 @@ def test_api_key_authenticator_caches_and_refuses() -> None:
     for bad in (None, "", f"Basic {raw}", "Bearer llmq_unknown", "Bearer not-a-key"):
         with pytest.raises(Unauthenticated):
             auth.tenant_for(bad)
+
+
+def test_abandon_ends_only_stale_open_batches() -> None:
+    from jobs.batches import RUNNER_LOST, BatchRecord, BatchStatus, abandon
+
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    stale_for = timedelta(hours=1)
+    old = BatchRecord.new(batch_id="batch_x", input_uri="gs://b/i", output_prefix="gs://b/o/", now=now - 2 * stale_for)
+    recent = old.model_copy(update={"updated_at": now - stale_for / 2})
+    assert abandon(recent, now=now, stale_for=stale_for) is None
+    failed = abandon(old, now=now, stale_for=stale_for)
+    assert failed is not None and failed.status is BatchStatus.FAILED and failed.failed_at == now
+    assert failed.error is not None and failed.error.code == RUNNER_LOST
+    cancelling = old.model_copy(update={"status": BatchStatus.CANCELLING})
+    ended = abandon(cancelling, now=now, stale_for=stale_for)
+    assert ended is not None and ended.status is BatchStatus.CANCELLED and ended.cancelled_at == now
+    for final in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED):
+        assert abandon(old.model_copy(update={"status": final}), now=now, stale_for=stale_for) is None

@@ -370,13 +370,14 @@ def test_timestamps_are_exempt_from_single_field_indexes(deployment: Deployment)
 
 
 def test_indexes_serve_the_reconciler_and_the_runner_queries(deployment: Deployment) -> None:
-    composite = {tuple((f["fieldPath"], f["order"]) for f in r.inputs["fields"])
+    composite = {(r.inputs["collection"], *((f["fieldPath"], f["order"]) for f in r.inputs["fields"]))
                  for r in deployment.of("gcp:firestore/index:Index")}
-    assert composite == {(("status", "ASCENDING"), ("created_at", "ASCENDING")),
-                         (("status", "ASCENDING"), ("lease_expires_at", "ASCENDING")),
+    assert composite == {("jobs", ("status", "ASCENDING"), ("created_at", "ASCENDING")),
+                         ("jobs", ("status", "ASCENDING"), ("lease_expires_at", "ASCENDING")),
                          # the submissions-per-minute quota: tenant == T AND created_at >= T - 1 min
-                         (("tenant", "ASCENDING"), ("created_at", "ASCENDING"))}
-    assert all(r.inputs["collection"] == "jobs" for r in deployment.of("gcp:firestore/index:Index"))
+                         ("jobs", ("tenant", "ASCENDING"), ("created_at", "ASCENDING")),
+                         # the reconciler's stale batches: status IN [open] AND updated_at < T
+                         ("batches", ("status", "ASCENDING"), ("updated_at", "ASCENDING"))}
     instance = field_of(deployment, "jobs", "runner_instance").inputs["indexConfig"]
     assert instance == {"indexes": [{"order": "ASCENDING", "queryScope": "COLLECTION"}]}
 

@@ -7,13 +7,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
-from jobs.batches import BatchRecord, Mutation
+from jobs.batches import BatchRecord, BatchStatus, Mutation
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,16 @@ class FirestoreBatchStore:
             parse=lambda snapshot: _record(snapshot.id, snapshot.to_dict()), dump=lambda r: r.to_document(),
             attempts=_UPDATE_ATTEMPTS, what="batch",
         )
+
+    def find_stale(self, *, updated_before: datetime, limit: int) -> list[BatchRecord]:
+        # status IN [...] AND updated_at < T: the composite index (status, updated_at) of pulumi/llmq_infra/store.py.
+        open_statuses = [s.value for s in BatchStatus if not s.is_final]
+        query = (self._batches.where(filter=FieldFilter("status", "in", open_statuses))
+                 .where(filter=FieldFilter("updated_at", "<", updated_before)).limit(limit))
+        try:
+            return [_record(s.id, s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
+        except UNAVAILABLE as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
         def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:

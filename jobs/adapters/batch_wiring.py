@@ -6,8 +6,8 @@ from functools import lru_cache
 
 from jobs.adapters.batch_files import BatchFiles, BucketInputs
 from jobs.adapters.batch_launcher import CloudRunBatchLauncher, LocalBatchLauncher
-from jobs.adapters.batch_store import FirestoreBatchStore
-from jobs.adapters.clients import firestore_client, storage_client
+from jobs.adapters.clients import storage_client
+from jobs.adapters.wiring import batch_store
 from jobs.batch_service import BatchService
 from jobs.batches import BatchLauncher
 from jobs.logs import configure_logging
@@ -24,7 +24,7 @@ def batch_service() -> BatchService:
     else:
         launcher = CloudRunBatchLauncher(project=settings.project, region=settings.region, job=settings.batch_job)
     return BatchService(
-        store=FirestoreBatchStore(firestore_client(settings.project, settings.database)),
+        store=batch_store(),
         inputs=BucketInputs(BatchFiles(storage_client(settings.project))),
         launcher=launcher,
         bucket=settings.batch_bucket,

@@ -1,9 +1,10 @@
-"""Builds the API's JobService from settings, once per process, on first use."""
+"""Builds the API's JobService and the stores from settings, once per process, on first use."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.pubsub_publisher import PubSubPublisher
@@ -18,6 +19,12 @@ def job_store() -> FirestoreJobStore:
     configure_logging()
     settings = api_settings()
     return FirestoreJobStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def batch_store() -> FirestoreBatchStore:
+    settings = api_settings()
+    return FirestoreBatchStore(firestore_client(settings.project, settings.database))
 
 
 @lru_cache(maxsize=1)

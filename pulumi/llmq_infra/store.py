@@ -23,10 +23,12 @@ UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expire
 # (status + a time) and the per-tenant submissions-per-minute quota (jobs/quotas.py). `created_at` has
 # no single-field index (above), so without these the queries fail. The queued-jobs quota
 # (tenant == T AND status == queued) is equalities only: Firestore merges the single-field indexes.
-COMPOSITE_INDEXES: dict[str, tuple[str, str]] = {
-    "queued-created": ("status", "created_at"),  # status == queued AND created_at < T
-    "running-lease": ("status", "lease_expires_at"),  # status == running AND lease_expires_at < T
-    "tenant-created": ("tenant", "created_at"),  # tenant == T AND created_at >= now - 1 min (quota)
+# The reconciler also finds batches nobody works on: batches where status IN [open ones] AND updated_at < T.
+COMPOSITE_INDEXES: dict[str, tuple[str, str, str]] = {  # name: (collection, equality field, range field)
+    "queued-created": (JOBS, "status", "created_at"),  # status == queued AND created_at < T
+    "running-lease": (JOBS, "status", "lease_expires_at"),  # status == running AND lease_expires_at < T
+    "tenant-created": (JOBS, "tenant", "created_at"),  # tenant == T AND created_at >= now - 1 min (quota)
+    "open-updated": (BATCHES, "status", "updated_at"),  # status IN [...] AND updated_at < T (stale batches)
 }
 
 
@@ -149,12 +151,12 @@ class Store(pulumi.ComponentResource):
             ]),
             opts=chained(),
         ))
-        for index_name, (equality, range_field) in COMPOSITE_INDEXES.items():
+        for index_name, (collection, equality, range_field) in COMPOSITE_INDEXES.items():
             previous.append(gcp.firestore.Index(
-                f"{name}-jobs-{index_name}",
+                f"{name}-{collection}-{index_name}",
                 project=args.project,
                 database=args.database,
-                collection=JOBS,
+                collection=collection,
                 query_scope="COLLECTION",
                 fields=[
                     gcp.firestore.IndexFieldArgs(field_path=equality, order="ASCENDING"),
