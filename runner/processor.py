@@ -130,7 +130,15 @@ class JobProcessor:
             await self._call(self._store.update, job_id, lambda current: lifecycle.fail(
                 current, now=now, code="model_not_served", message=f"model {message.model!r} is not served here"))
             return Outcome.ack("failed: model not served")
-        decision = await self._claim(job_id, owner)
+        try:
+            decision = await self._claim(job_id, owner)
+        except DependencyUnavailable:
+            # The claim's answer was lost, not necessarily its write: had it landed, this delivery would hold
+            # a lease it never uses, and the redelivery would be refused until the lease lapsed. Hand it back
+            # (only if it is ours; if Firestore is still unreachable, the lease lapses as before).
+            with contextlib.suppress(DependencyUnavailable):
+                await self._release(job_id, owner)
+            raise
         if decision is None:
             # No document: expired by TTL, or the submit was undone after its publish failed.
             return Outcome.ack("no such job")

@@ -3,6 +3,7 @@ poison jobs, outages and cancellation. Every job ends in one final state, visibl
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from google.cloud import pubsub_v1
 
+from jobs.errors import DependencyUnavailable
 from jobs.ids import new_job_id
 from scripts.stack_client import JobWatcher, Stack
 from tests.faults import JobFactory, create_push_topic, extra_runner, log_size, paused, wait_for_log
@@ -74,6 +76,55 @@ def test_duplicate_messages_to_two_runners_generate_once(stack: Stack, db: Any, 
             assert doc is not None and doc["status"] == "succeeded"
             assert doc["attempts"] == 1  # one claim: one generation
             assert _succeeded_writes(watcher, message.job_id) == 1
+
+
+class _AnswerLostOnce:
+    """Fault injection around the real Firestore store: the first update's write lands, but its answer is
+    lost (as a timeout after the server applied it looks to the client)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store, self.lost = store, False
+
+    def update(self, job_id: str, mutate: Any) -> Any:
+        result = self._store.update(job_id, mutate)
+        if not self.lost:
+            self.lost = True
+            raise DependencyUnavailable("the answer was lost")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_a_claim_whose_answer_was_lost_is_handed_to_the_redelivery_at_once(stack: Stack) -> None:
+    from jobs.adapters.gcs_results import GcsResultStore
+    from jobs.state import JobStatus
+    from runner.engines.transformers_engine import TransformersEngine
+    from runner.processor import JobProcessor
+    from runner.settings import RunnerSettings
+
+    jobs = JobFactory(stack, create_push_topic(stack, []))  # nobody reads the topic: this test delivers
+    message = jobs.submit({"prompt": "an answer lost", "max_tokens": 8})
+    settings = RunnerSettings(project=stack.project, results_bucket=stack.info["results_bucket"],
+                              model_name=stack.info["model"])
+
+    async def deliver_twice() -> tuple[Any, Any]:
+        engine = await TransformersEngine.create(stack.info["settings_env"]["LLMQ_MODEL_PATH"],
+                                                 model_name=stack.info["model"], max_concurrency=2)
+        try:
+            results = GcsResultStore(stack.storage(), bucket=settings.results_bucket)
+            lossy = JobProcessor(store=_AnswerLostOnce(jobs.store), results=results, engine=engine, settings=settings)
+            plain = JobProcessor(store=jobs.store, results=results, engine=engine, settings=settings)
+            return await lossy.process(message), await plain.process(message)
+        finally:
+            await engine.shutdown()
+
+    first, second = asyncio.run(deliver_twice())
+    assert first.status == 503  # Pub/Sub redelivers...
+    # ...and the redelivery runs it now, instead of being refused until the unused lease lapses.
+    assert (second.status, second.reason) == (200, "succeeded"), second
+    record = jobs.store.get(message.job_id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED and record.attempts == 2
 
 
 def test_always_failing_job_is_dead_lettered_and_marked(stack: Stack, db: Any, tmp_path: Path) -> None:
