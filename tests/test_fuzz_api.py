@@ -86,5 +86,9 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
     with stack.http(api_key=key) as client:
         for job_id in created:
             view = stack.job(client, job_id, wait=60).json()
-            assert view["status"] == "succeeded" or (view["error"] or {}).get("code") == "context_length_exceeded", view
+            code = (view["error"] or {}).get("code")
+            # Designed ends besides success: a prompt too long for the model, or a (valid) deadline of a
+            # second or two that passed while the job queued behind the fuzzer's hundreds of others.
+            assert (view["status"] == "succeeded" or code == "context_length_exceeded"
+                    or (code == "deadline_exceeded" and view["deadline_at"] is not None)), view
     assert stack.pid("runner") == runner, "the runner was restarted during the fuzz run"
