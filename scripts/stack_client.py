@@ -76,7 +76,11 @@ class Stack:
         return client.post(f"{self.info['submit_url']}/v1/jobs", json=body, **kwargs)
 
     def job(self, client: httpx.Client, job_id: str, **params: Any) -> httpx.Response:
-        return client.get(f"{self.info['status_url']}/v1/jobs/{job_id}", params=params)
+        """GET the job; with `wait`, the request may take that long, so the read timeout covers it."""
+        wait = params.get("wait")
+        timeout = (float(wait) + 30 if isinstance(wait, (int, float)) and not isinstance(wait, bool)
+                   else httpx.USE_CLIENT_DEFAULT)
+        return client.get(f"{self.info['status_url']}/v1/jobs/{job_id}", params=params, timeout=timeout)
 
 
 class JobWatcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,9 @@ def _document(record: JobRecord) -> dict[str, Any]:
     doc = record.model_dump(mode="python")
     doc["status"] = record.status.value
     return doc
+
+
+_WAIT_RECHECK_SECONDS = 5.0  # a waiting request re-reads the document this often
 
 
 class FirestoreJobStore:
@@ -96,8 +100,20 @@ class FirestoreJobStore:
                         finished.set()
 
         watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
+        deadline = time.monotonic() + timeout
         try:
-            finished.wait(timeout)
+            while not finished.wait(max(0.0, min(_WAIT_RECHECK_SECONDS, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    break
+                # A listener can miss a change (seen once in a full test run: the job ended, the listener
+                # never said so), so read the document now and then as well.
+                try:
+                    record = self.get(job_id)
+                except DependencyUnavailable:
+                    continue
+                if record is not None and record.status.is_final:
+                    latest.append(record)
+                    break
         finally:
             watch.unsubscribe()
         return latest[-1] if latest else None
