@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import os
 import threading
 import time
 import uuid
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from jobs.engine import GenerationRequest, SamplingOptions
 from scripts.build_tiny_model import ensure_model
@@ -49,7 +50,7 @@ class Point:
     jobs: int
     seconds: float
     tokens: int
-    # Where the time went (Linux /proc; empty elsewhere): CPU seconds by role, and the engine's counters.
+    # Where the time went: CPU seconds by role, and the engine's counters (empty where not measured).
     cpu: dict[str, float] = field(default_factory=dict)
     forward_passes: int = 0
 
@@ -78,54 +79,39 @@ class Point:
 
 
 class CpuMeter:
-    """CPU seconds used by process trees, read from /proc (Linux). The emulators' Java processes are
-    children of `gcloud`, so each root counts with all its descendants, except this process (which
-    started the whole stack): it counts alone, under `self_role`."""
+    """CPU seconds used by process trees (the emulators' Java processes are children of `gcloud`, so each
+    root counts with all its descendants), except this process, which started the whole stack: it counts
+    alone, under `self_role`."""
 
     def __init__(self, roles: dict[str, list[int]], *, self_role: str) -> None:
         self._roles = roles
         self._self_role = self_role
         self._start = self._read()
 
-    @staticmethod
-    def _table() -> dict[int, tuple[int, float]]:
-        """pid -> (parent pid, CPU seconds) for every process."""
-        tick = os.sysconf("SC_CLK_TCK")
-        table: dict[int, tuple[int, float]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-        return table
-
     def _read(self) -> dict[str, float]:
-        if not os.path.isdir("/proc/self"):
-            return {}
-        table = self._table()
-        children: dict[int, list[int]] = {}
-        for pid, (parent, _) in table.items():
-            children.setdefault(parent, []).append(pid)
-        totals: dict[str, float] = {}
+        me = psutil.Process()
+        totals = {self._self_role: _cpu_seconds(me)}
         for role, roots in self._roles.items():
-            seen, todo = set(), list(roots)
-            while todo:
-                pid = todo.pop()
-                if pid not in seen and pid in table and pid != os.getpid():
-                    seen.add(pid)
-                    todo.extend(children.get(pid, ()))
-            totals[role] = sum(table[pid][1] for pid in seen)
-        totals[self._self_role] = table[os.getpid()][1]
+            processes: list[psutil.Process] = []
+            for pid in roots:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    root = psutil.Process(pid)
+                    processes += [root, *root.children(recursive=True)]
+            totals[role] = sum(_cpu_seconds(p) for p in processes if p.pid != me.pid)
         return totals
 
     def used(self) -> dict[str, float]:
         """CPU seconds per role since this meter was made."""
         now = self._read()
         return {role: now[role] - self._start.get(role, 0.0) for role in now}
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:  # exited meanwhile
+        return 0.0
+    return times.user + times.system
 
 
 def jobs_for(concurrency: int, rounds: int) -> int:
