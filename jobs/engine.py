@@ -67,6 +67,17 @@ class EngineInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters for /readyz and the benchmarks; `forward_passes` far below `tokens_generated` is what batching
+    looks like."""
+
+    forward_passes: int
+    requests_started: int
+    tokens_generated: int
+    running: int
+
+
 class EngineError(Exception):
     """Base of engine failures."""
 
@@ -86,6 +97,9 @@ class Engine(Protocol):
 
     @property
     def info(self) -> EngineInfo: ...
+
+    @property
+    def stats(self) -> EngineStats: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Yield cumulative updates; the last one has finish_reason set.

@@ -56,6 +56,18 @@ class RunnerState:
             self.load_error = err
             log.exception("engine failed to load")
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        await self.watch(engine)
+
+    async def watch(self, engine: Engine) -> None:
+        """Check the engine now and then, so an engine that dies while no push arrives (vLLM's engine-core
+        process killed, out of memory) still ends the instance instead of leaving it up and useless."""
+        while not self.dead:
+            await asyncio.sleep(self.settings.health_check_interval_seconds)
+            try:
+                await engine.check_health()
+            except EngineDead:
+                self.die()
 
     def die(self) -> None:
         """EngineDead: report unhealthy and exit, so Cloud Run (or the local stack) starts a new instance."""
@@ -133,9 +145,7 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
             return JSONResponse({"status": "dead"}, status_code=503)
         info = state.engine.info
         body = {"status": "ready", "model": info.model, "inflight": state.processor.inflight if state.processor else 0}
-        stats = getattr(state.engine, "stats", None)  # counters, where the engine keeps them (transformers)
-        if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-            body["engine"] = dataclasses.asdict(stats)
+        body["engine"] = dataclasses.asdict(state.engine.stats)
         return JSONResponse(body)
 
     return Starlette(

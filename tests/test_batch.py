@@ -5,7 +5,6 @@ pure parts (line validation, throttling, torn-line repair)."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 import uuid
 from datetime import datetime
@@ -22,6 +21,7 @@ from tests.batch_helpers import (
     completion_line,
     count_lines,
     jsonl,
+    kill_group,
     read_jsonl,
     run_batch,
     start_batch,
@@ -29,7 +29,7 @@ from tests.batch_helpers import (
     wait_for,
 )
 
-LONG_PROMPT = "word " * 3000  # about 9000 tokens: more than the tiny model's 2048 context
+LONG_PROMPT = "word " * 6000  # about 18 000 tokens: more than the tiny model's 8192 context
 SLOW = {"LLMQ_MAX_CONCURRENCY": "2", "LLMQ_BATCH_INFLIGHT_FACTOR": "1"}  # 2 in flight: a run takes a while
 
 
@@ -185,8 +185,7 @@ def test_killed_midway_and_rerun_writes_every_line_exactly_once(stack: Stack, db
     try:
         wait_for(lambda: count_lines(output) >= 5, timeout=240, what="5 output lines", proc=proc,
                  log=tmp_path / "first.log")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_group(proc)
     finally:
         stop(proc)
     before = output.read_bytes()
@@ -301,8 +300,7 @@ def test_gcs_output_resumes_on_a_fresh_machine_without_duplicates(stack: Stack, 
     try:
         wait_for(lambda: uploaded_lines() >= 3, timeout=240, what="a checkpoint with 3 lines", proc=proc,
                  log=tmp_path / "first.log")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_group(proc)
     finally:
         stop(proc)
     before = output.download_as_bytes()

@@ -17,10 +17,12 @@ from google.cloud import pubsub_v1
 
 from jobs.errors import DependencyUnavailable
 from jobs.ids import new_job_id
+from scripts.processes import group_members
 from scripts.stack_client import JobWatcher, Stack
 from tests.faults import JobFactory, create_push_topic, extra_runner, log_size, paused, wait_for_log
 
-LONG = {"prompt": "A long story begins:", "max_tokens": 1000, "temperature": 0}
+# About 8 s of generation on vLLM here (600 tokens/s for one sequence): long enough to kill or cancel midway.
+LONG = {"prompt": "A long story begins:", "max_tokens": 5000, "temperature": 0}
 
 
 def _runner_log(stack: Stack) -> Path:
@@ -58,8 +60,33 @@ def test_runner_killed_mid_generation_finishes_exactly_once(stack: Stack, db: An
         assert watcher.statuses(job["id"])[-1] == "succeeded"
         blobs = list(stack.storage().bucket(stack.info["results_bucket"]).list_blobs(prefix=f"results/{job['id']}"))
         assert [b.name for b in blobs] == [f"results/{job['id']}.json"]
-    # The stack started a new runner and says so in stack.json.
+    # The stack started a new runner and says so in stack.json, and nothing of the killed one is left: its
+    # vLLM engine-core and worker processes went with it, as they do when Cloud Run ends a container.
     assert stack.pid("runner") != killed
+    assert not group_members(killed), [p.name() for p in group_members(killed)]
+
+
+@pytest.mark.restarts_runner
+def test_engine_core_killed_mid_generation_the_runner_exits_and_the_job_ends_once(
+    stack: Stack, db: Any, http: httpx.Client
+) -> None:
+    """vLLM's engine-core process dies (out of memory, a crash): the runner sees EngineDead, reports unhealthy
+    and exits; the stack starts a new instance, and the job is finished once, by the next delivery."""
+    with JobWatcher(db) as watcher:
+        job = stack.submit(http, LONG).json()
+        watcher.add(job["id"])
+        _wait_status(watcher, job["id"], "running", 60)
+        runner, log_start = stack.pid("runner"), log_size(_runner_log(stack))
+        cores = [p for p in group_members(runner) if "EngineCore" in " ".join([p.name(), *p.cmdline()])]
+        assert cores, [p.name() for p in group_members(runner)]
+        cores[0].kill()
+        assert watcher.wait(240), watcher.statuses(job["id"])
+        doc = watcher.latest(job["id"])
+        assert doc is not None and doc["status"] == "succeeded", doc
+        assert doc["attempts"] == 2 and _succeeded_writes(watcher, job["id"]) == 1
+    assert stack.pid("runner") != runner
+    assert not group_members(runner), [p.name() for p in group_members(runner)]
+    wait_for_log(_runner_log(stack), "engine is dead; exiting", timeout=5, start=log_start)
 
 
 def test_duplicate_messages_to_two_runners_generate_once(stack: Stack, db: Any, tmp_path: Path) -> None:

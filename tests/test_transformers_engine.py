@@ -28,7 +28,7 @@ from jobs.engine import (
     SamplingOptions,
 )
 from runner.engines.transformers_engine import TransformersEngine
-from scripts.build_tiny_model import ensure_model
+from scripts.build_tiny_model import MAX_POSITION_EMBEDDINGS, ensure_model
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,7 +98,7 @@ def test_info_and_protocol(model_dir: Path) -> None:
     engine = TransformersEngine(model_dir, model_name="tiny-llama", device="cpu", max_concurrency=4)
     assert isinstance(engine, Engine)
     assert engine.info.model == "tiny-llama"
-    assert engine.info.max_model_len == 2048
+    assert engine.info.max_model_len == MAX_POSITION_EMBEDDINGS  # the model's own context
     assert engine.info.max_concurrency == 4
     with pytest.raises(EngineDead):  # not started yet
         asyncio.run(engine.check_health())
@@ -237,7 +237,7 @@ def test_prompt_too_long(model_dir: Path) -> None:
         with pytest.raises(PromptTooLong):
             await collect(engine, request("big", max_tokens=2040))
         with pytest.raises(PromptTooLong):
-            await collect(engine, request("huge", max_tokens=1, prompt="word " * 3000))
+            await collect(engine, request("huge", max_tokens=1, prompt="word " * 6000))
         await engine.check_health()
 
     with_engine(model_dir, body)

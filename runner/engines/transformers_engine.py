@@ -37,6 +37,7 @@ from jobs.engine import (
     EngineDead,
     EngineError,
     EngineInfo,
+    EngineStats,
     FinishReason,
     GenerationRequest,
     GenerationUpdate,
@@ -58,16 +59,6 @@ class _DropPsutilNoise(logging.Filter):
 
 
 logging.getLogger("ContinuousBatchingLogger").addFilter(_DropPsutilNoise())
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStats:
-    """Counters for metrics; `forward_passes` far below `tokens_generated` is what batching looks like."""
-
-    forward_passes: int
-    requests_started: int
-    tokens_generated: int
-    running: int
 
 
 @dataclass(slots=True)

