@@ -1,9 +1,10 @@
 """Pipeline benchmark: how much of the engine's own throughput survives the whole pipeline.
 
-    python -m scripts.bench_pipeline [--concurrency 1 8 32] [--max-tokens 128] [--device cpu]
+    python -m scripts.bench_pipeline [--concurrency 1 8 32] [--max-tokens 128] [--engine vllm] [--compare-transformers]
 
 In one run, at each concurrency C (C requests or jobs in flight, closed loop):
-  (a) engine   — the transformers engine on the bench model, called directly;
+  (a) engine   — the runner's engine (vLLM; --engine transformers on a machine without it) on the bench model,
+                 called directly; with --compare-transformers also the transformers engine, as (a').
   (b) pipeline — HTTP submit → Firestore + Pub/Sub push → runner (same engine and model) → GCS +
                  Firestore, until each job is `succeeded` (GET ?wait, a Firestore listener);
   (c) naive    — a worker that pulls one job at a time and processes it alone (what a simple queue
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -38,7 +40,9 @@ import httpx
 import psutil
 
 from jobs.engine import GenerationRequest, SamplingOptions
+from runner.settings import RunnerSettings
 from scripts.build_tiny_model import ensure_model
+from scripts.local_stack import LOCAL_VLLM_ENV
 from scripts.stack_client import Stack, started_stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,11 +124,17 @@ def jobs_for(concurrency: int, rounds: int) -> int:
 
 # --- (a) the engine alone ---
 
-async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str) -> dict[int, Point]:
-    from runner.engines.transformers_engine import TransformersEngine
+def engine_settings(engine: str, model_dir: Path, *, max_concurrency: int, device: str, **extra: Any) -> RunnerSettings:
+    """The settings the local stack's runner runs with (LOCAL_VLLM_ENV is in this process's environment)."""
+    return RunnerSettings(engine=engine, model_path=str(model_dir), model_name="bench", device=device,  # type: ignore[arg-type]
+                          max_concurrency=max_concurrency, max_model_len=2048, **extra)
 
-    engine = await TransformersEngine.create(model_dir, model_name="bench", device=device,
-                                             max_concurrency=max(levels), max_model_len=2048)
+
+async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str,
+                       engine_name: str) -> dict[int, Point]:
+    from runner.engines import start_engine
+
+    engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=max(levels), device=device))
     results: dict[int, Point] = {}
     try:
         await _drive(engine, 2, max_tokens)  # warm-up
@@ -135,7 +145,7 @@ async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, r
             tokens = await _drive_closed_loop(engine, n, c, max_tokens)
             results[c] = Point(n, time.monotonic() - started, tokens, cpu=meter.used(),
                                forward_passes=engine.stats.forward_passes - passes)
-            print(f"  engine   C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s "
+            print(f"  {engine_name:<12} C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s "
                   f"{_diagnosis(results[c])}", flush=True)
     finally:
         await engine.shutdown()
@@ -278,7 +288,8 @@ def _closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) -
 
 # --- (c) the naive one-at-a-time worker ---
 
-async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: int, device: str) -> Point:
+async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: int, device: str,
+                       engine_name: str) -> Point:
     from google.cloud import pubsub_v1
 
     from jobs.adapters.firestore_store import FirestoreJobStore
@@ -287,9 +298,8 @@ async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: 
     from jobs.catalog import ModelCatalog, ModelSpec
     from jobs.models import JobMessage, JobRequest
     from jobs.service import JobService
-    from runner.engines.transformers_engine import TransformersEngine
+    from runner.engines import start_engine
     from runner.processor import JobProcessor
-    from runner.settings import RunnerSettings
 
     with stack.emulator_env():
         publisher_client, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
@@ -301,8 +311,7 @@ async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: 
         service = JobService(store=store, catalog=ModelCatalog([ModelSpec(id=stack.info["model"])]),
                              publisher=PubSubPublisher(publisher_client, project=stack.project, topics=[topic],
                                                        timeout=10))
-        engine = await TransformersEngine.create(model_dir, model_name=stack.info["model"], device=device,
-                                                 max_concurrency=1, max_model_len=2048)
+        engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=1, device=device))
         settings = RunnerSettings(project=stack.project, results_bucket=stack.info["results_bucket"], max_inflight=1)
         processor = JobProcessor(store=store, results=GcsResultStore(stack.storage(), bucket=settings.results_bucket),
                                  engine=engine, settings=settings)
@@ -345,7 +354,7 @@ def pipeline_jobs(stack: Stack, n: int, *, max_tokens: int) -> Point:
 
 
 async def batch_file(stack: Stack, model_dir: Path, work: Path, n: int, *, max_tokens: int, max_concurrency: int,
-                     device: str) -> Point:
+                     device: str, engine_name: str) -> Point:
     """The same N prompts as one batch file through the batch runner (engine loaded beforehand, as in a
     running job; the time covers reading the file, generating and writing output.jsonl)."""
     from runner.batch import run_batch
@@ -359,7 +368,8 @@ async def batch_file(stack: Stack, model_dir: Path, work: Path, n: int, *, max_t
     source, output = work / f"bench-{uuid.uuid4().hex[:8]}.jsonl", work / f"out-{uuid.uuid4().hex[:8]}"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     settings = BatchSettings(project=stack.project, model_path=str(model_dir), model_name=stack.info["model"],
-                             device=device, max_concurrency=max_concurrency)
+                             device=device, max_concurrency=max_concurrency, max_model_len=2048,
+                             engine=engine_name)  # type: ignore[arg-type]
     engine = await start_engine(settings)
     try:
         await _drive(engine, 2, max_tokens)  # warm-up, as the pipeline's runner is warm
@@ -423,7 +433,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3, help="jobs per level = concurrency × rounds (at least 4)")
     parser.add_argument("--naive-jobs", type=int, default=6)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="transformers engine only")
+    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"],
+                        help="the runner's engine, in (a), (b), (c) and (d)")
+    parser.add_argument("--compare-transformers", action="store_true",
+                        help="also measure the transformers engine alone, as (a')")
     parser.add_argument("--model-size", default="bench", choices=["tiny", "bench"])
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local" / "bench")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "bench_pipeline.png")
@@ -434,23 +448,30 @@ def main() -> None:
     levels = sorted(args.concurrency)
     model_dir = ensure_model(REPO / ".local" / "models" / args.model_size, args.model_size)
 
-    print("(a) engine alone", flush=True)
+    os.environ.update(LOCAL_VLLM_ENV)  # the local runner's vLLM settings, for the engines this process starts
+    print(f"(a) engine alone ({args.engine})", flush=True)
     engine = asyncio.run(engine_alone(model_dir, levels, max_tokens=args.max_tokens, rounds=args.rounds,
-                                      device=args.device))
+                                      device=args.device, engine_name=args.engine))
+    other: dict[int, Point] | None = None
+    if args.compare_transformers and args.engine != "transformers":
+        print("(a') engine alone (transformers)", flush=True)
+        other = asyncio.run(engine_alone(model_dir, levels, max_tokens=args.max_tokens, rounds=args.rounds,
+                                         device=args.device, engine_name="transformers"))
     args.state_dir.mkdir(parents=True, exist_ok=True)
     # Twice the push slots the highest concurrency needs: jobs that end out of order must not wait
     # behind the emulator's 2 pushes per subscription.
     stack_args = ["--model-size", args.model_size, "--push-topics", str(max(1, max(levels))),
                   "--runner-env", f"LLMQ_MAX_CONCURRENCY={max(levels)}",
                   "--runner-env", f"LLMQ_MAX_INFLIGHT={max(levels) + max(levels) // 2}",
-                  "--runner-env", f"LLMQ_DEVICE={args.device}"]
+                  "--runner-env", f"LLMQ_DEVICE={args.device}", "--runner-env", f"LLMQ_ENGINE={args.engine}",
+                  "--runner-env", "LLMQ_MAX_MODEL_LEN=2048"]
     print("starting the local stack with the bench model...", flush=True)
     with started_stack(args.state_dir.resolve(), *stack_args) as stack:
         print("(b) whole pipeline", flush=True)
         pipe = pipeline(stack, levels, max_tokens=args.max_tokens, rounds=args.rounds)
         print("(c) naive worker", flush=True)
         naive = asyncio.run(naive_worker(stack, model_dir, jobs=args.naive_jobs, max_tokens=args.max_tokens,
-                                         device=args.device))
+                                         device=args.device, engine_name=args.engine))
         batch_vs_jobs: tuple[Point, Point] | None = None
         if args.batch:
             print(f"(d) {args.batch_n} prompts: as N jobs through the pipeline, then as one batch file", flush=True)
@@ -459,7 +480,7 @@ def main() -> None:
                   flush=True)
             as_batch = asyncio.run(batch_file(stack, model_dir, args.state_dir / "batch", args.batch_n,
                                               max_tokens=args.max_tokens, max_concurrency=max(levels),
-                                              device=args.device))
+                                              device=args.device, engine_name=args.engine))
             print(f"  batch    N={args.batch_n:<3} {as_batch.jobs_per_s:7.2f} req/s  {as_batch.tokens_per_s:8.1f} tok/s",
                   flush=True)
             batch_vs_jobs = (as_batch, as_jobs)
@@ -478,6 +499,14 @@ def main() -> None:
         print(f"| {c} | {e.jobs_per_s:.2f} | {e.tokens_per_s:.0f} | {p.jobs_per_s:.2f} | {p.tokens_per_s:.0f} | "
               f"{naive.jobs_per_s:.2f} | {p.tokens_per_s / e.tokens_per_s:.2f} | "
               f"{p.tokens_per_s / naive.tokens_per_s:.2f} |")
+    if other is not None:
+        print("\n| C | vLLM engine tok/s | transformers engine tok/s | vLLM ÷ transformers | pipeline (vLLM) ÷ transformers |")
+        print("|---|---|---|---|---|")
+        for c, row in zip(levels, rows):
+            e, t, p = engine[c], other[c], pipe[c]
+            row.update({"transformers_engine_jobs_s": t.jobs_per_s, "transformers_engine_tok_s": t.tokens_per_s})
+            print(f"| {c} | {e.tokens_per_s:.0f} | {t.tokens_per_s:.0f} | {e.tokens_per_s / t.tokens_per_s:.2f} | "
+                  f"{p.tokens_per_s / t.tokens_per_s:.2f} |")
     print("\n(ratios of tokens/s; jobs generate up to max_tokens and may stop earlier at an end-of-sequence token)")
     if all(engine[c].cpu and pipe[c].cpu for c in levels):
         _print_where_the_gap_is(levels, engine, pipe, rows)

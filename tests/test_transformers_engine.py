@@ -235,7 +235,7 @@ def test_closing_the_iterator_or_cancelling_the_task_cancels_in_engine(model_dir
 def test_prompt_too_long(model_dir: Path) -> None:
     async def body(engine: TransformersEngine) -> None:
         with pytest.raises(PromptTooLong):
-            await collect(engine, request("big", max_tokens=2040))
+            await collect(engine, request("big", max_tokens=MAX_POSITION_EMBEDDINGS - 8))
         with pytest.raises(PromptTooLong):
             await collect(engine, request("huge", max_tokens=1, prompt="word " * 6000))
         await engine.check_health()

@@ -71,8 +71,11 @@ _FINISH_REASONS = {
     "repetition": FinishReason.STOP,
 }
 # llmq never reports usage to vLLM's or Hugging Face's servers, and loads weights from a folder, never the Hub.
-# Defaults only: an operator's own setting wins.
-_PRIVATE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+# vLLM's loggers propagate to the runner's JSON logging instead of printing their own text format (its engine
+# processes, which do not configure logging, then print warnings and errors only). Defaults: an operator's
+# own setting wins.
+_ENGINE_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+                        "VLLM_CONFIGURE_LOGGING": "0"}
 # Phrases of vLLM's prompt-length validation errors (InputProcessor._validate_prompt_len).
 _LENGTH_ERROR_MARKERS = ("maximum model length", "max_model_len")
 
@@ -231,7 +234,7 @@ class VllmEngine:
     async def start(cls, settings: RunnerSettings) -> VllmEngine:
         """Build AsyncEngineArgs from settings and load the model (minutes: weights, KV-cache profiling, CUDA
         graphs). Raises whatever vLLM raises when the model or its configuration is unusable."""
-        for name, value in _PRIVATE_ENV.items():
+        for name, value in _ENGINE_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         from vllm import __version__ as vllm_version
         from vllm.engine.arg_utils import AsyncEngineArgs
