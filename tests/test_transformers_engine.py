@@ -7,7 +7,6 @@ request behind for the next one. The model is built once per checkout into .loca
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from jobs.engine import (
 )
 from runner.engines.transformers_engine import TransformersEngine
 from scripts.build_tiny_model import MAX_POSITION_EMBEDDINGS, ensure_model
+from tests.engine_checks import check_stream, collect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,21 +63,6 @@ def request(rid: str, max_tokens: int = 16, temperature: float = 0.0, **kw: Any)
     if "messages" not in kw:
         kw.setdefault("prompt", "The quick brown fox jumps over the lazy dog. Once upon a time")
     return GenerationRequest(request_id=rid, sampling=sampling, **kw)
-
-
-async def collect(engine: TransformersEngine, req: GenerationRequest) -> list[GenerationUpdate]:
-    return [u async for u in engine.generate(req)]
-
-
-def check_stream(updates: list[GenerationUpdate]) -> GenerationUpdate:
-    """Common invariants: only the last update is final, counts only grow, text is cumulative."""
-    assert updates and updates[-1].finished
-    assert not any(u.finished for u in updates[:-1])
-    counts = [u.completion_tokens for u in updates]
-    assert counts == sorted(counts)
-    for before, after in itertools.pairwise(updates):
-        assert after.text.startswith(before.text)
-    return updates[-1]
 
 
 async def assert_engine_idle(engine: TransformersEngine) -> None:

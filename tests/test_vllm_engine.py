@@ -39,6 +39,7 @@ from runner.engines.vllm_engine import VllmEngine, engine_kwargs, sampling_kwarg
 from runner.settings import RunnerSettings
 from scripts.build_tiny_model import ensure_model
 from scripts.local_stack import LOCAL_VLLM_ENV
+from tests.engine_checks import check_stream, collect
 
 pytestmark = [
     pytest.mark.timeout(240),  # the first test also waits for the engine to start (20 s idle, more on CI)
@@ -109,21 +110,6 @@ def request(max_tokens: int = 16, *, temperature: float = 0.0, stop: tuple[str, 
         kw.setdefault("prompt", "A long story begins:")
     sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, stop=stop, seed=seed)
     return GenerationRequest(request_id=f"t{next(_ids)}", sampling=sampling, priority=priority, **kw)
-
-
-async def collect(engine: Engine, req: GenerationRequest) -> list[GenerationUpdate]:
-    return [update async for update in engine.generate(req)]
-
-
-def check_stream(updates: list[GenerationUpdate]) -> GenerationUpdate:
-    """Only the last update is final, counts only grow, and the text is cumulative."""
-    assert updates and updates[-1].finished
-    assert not any(u.finished for u in updates[:-1])
-    counts = [u.completion_tokens for u in updates]
-    assert counts == sorted(counts)
-    for before, after in itertools.pairwise(updates):
-        assert after.text.startswith(before.text)
-    return updates[-1]
 
 
 def engine_processes() -> list[psutil.Process]:
@@ -205,6 +191,7 @@ def test_chat_goes_through_the_models_template(vllm: EngineThread) -> None:
     tokenizer = AutoTokenizer.from_pretrained(vllm.model_path)
     rendered = tokenizer.apply_chat_template([{"role": t.role, "content": t.content} for t in messages],
                                              tokenize=False, add_generation_prompt=True)
+    assert isinstance(rendered, str)
     ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     assert rendered.count("<s>") == 1 and last.prompt_tokens == len(ids)  # the template's BOS once, not twice
 
