@@ -85,16 +85,19 @@ class Point:
 class CpuMeter:
     """CPU seconds used by process trees (the emulators' Java processes are children of `gcloud`, so each
     root counts with all its descendants), except this process, which started the whole stack: it counts
-    alone, under `self_role`."""
+    alone, under `self_role` (with its children when `with_children`: the engine alone, whose vLLM runs in
+    engine-core and worker processes of its own)."""
 
-    def __init__(self, roles: dict[str, list[int]], *, self_role: str) -> None:
+    def __init__(self, roles: dict[str, list[int]], *, self_role: str, with_children: bool = False) -> None:
         self._roles = roles
         self._self_role = self_role
+        self._with_children = with_children
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
         me = psutil.Process()
-        totals = {self._self_role: _cpu_seconds(me)}
+        mine = [me, *me.children(recursive=True)] if self._with_children else [me]
+        totals = {self._self_role: sum(_cpu_seconds(p) for p in mine)}
         for role, roots in self._roles.items():
             processes: list[psutil.Process] = []
             for pid in roots:
@@ -124,10 +127,11 @@ def jobs_for(concurrency: int, rounds: int) -> int:
 
 # --- (a) the engine alone ---
 
-def engine_settings(engine: str, model_dir: Path, *, max_concurrency: int, device: str, **extra: Any) -> RunnerSettings:
+def engine_settings(engine: str, model_dir: Path, *, max_concurrency: int, device: str,
+                    model_name: str = "bench") -> RunnerSettings:
     """The settings the local stack's runner runs with (LOCAL_VLLM_ENV is in this process's environment)."""
-    return RunnerSettings(engine=engine, model_path=str(model_dir), model_name="bench", device=device,  # type: ignore[arg-type]
-                          max_concurrency=max_concurrency, max_model_len=2048, **extra)
+    return RunnerSettings(engine=engine, model_path=str(model_dir), model_name=model_name,  # type: ignore[arg-type]
+                          device=device, max_concurrency=max_concurrency, max_model_len=2048)
 
 
 async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str,
@@ -140,7 +144,7 @@ async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, r
         await _drive(engine, 2, max_tokens)  # warm-up
         for c in levels:
             n = jobs_for(c, rounds)
-            meter, passes = CpuMeter({}, self_role="engine process"), engine.stats.forward_passes
+            meter, passes = CpuMeter({}, self_role="engine process", with_children=True), engine.stats.forward_passes
             started = time.monotonic()
             tokens = await _drive_closed_loop(engine, n, c, max_tokens)
             results[c] = Point(n, time.monotonic() - started, tokens, cpu=meter.used(),
@@ -311,7 +315,8 @@ async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: 
         service = JobService(store=store, catalog=ModelCatalog([ModelSpec(id=stack.info["model"])]),
                              publisher=PubSubPublisher(publisher_client, project=stack.project, topics=[topic],
                                                        timeout=10))
-        engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=1, device=device))
+        engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=1, device=device,
+                                                    model_name=stack.info["model"]))
         settings = RunnerSettings(project=stack.project, results_bucket=stack.info["results_bucket"], max_inflight=1)
         processor = JobProcessor(store=store, results=GcsResultStore(stack.storage(), bucket=settings.results_bucket),
                                  engine=engine, settings=settings)
