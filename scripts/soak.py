@@ -1,6 +1,6 @@
 """Soak: N jobs through the local stack while the runner is killed and restarted at random moments.
 
-    python -m scripts.soak [--jobs 2000] [--concurrency 16] [--kill-every 5-20]
+    python -m scripts.soak [--jobs 2000] [--concurrency 16] [--kill-every 40-80]
 
 Prints `submitted, succeeded, failed, lost, duplicated` and exits non-zero unless lost = 0 and
 duplicated = 0.
@@ -133,7 +133,9 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--kill-every", default="10-30", help="seconds between runner kills, LOW-HIGH")
+    # A vLLM runner takes ~30 s to come back here: kills every 10-30 s left it restarting most of the time
+    # (712 of 2000 jobs final after 421 s), which tests the restart, not the delivery semantics.
+    parser.add_argument("--kill-every", default="40-80", help="seconds between runner kills, LOW-HIGH")
     parser.add_argument("--lease-seconds", default="10", help="the runner's lease, if the soak starts the stack")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the jobs after submitting")
     args = parser.parse_args()
