@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 from scripts.stack_client import FINAL, Stack, running_stack
 
