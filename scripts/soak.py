@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-
 from scripts.stack_client import FINAL, Stack, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
