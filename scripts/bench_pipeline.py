@@ -47,6 +47,7 @@ from scripts.stack_client import Stack, started_stack
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who"
+BENCH_MAX_MODEL_LEN = 2048  # every engine the bench starts, the stack's runner included: the same KV-cache shape
 
 
 @dataclass
@@ -131,7 +132,7 @@ def engine_settings(engine: str, model_dir: Path, *, max_concurrency: int, devic
                     model_name: str = "bench") -> RunnerSettings:
     """The settings the local stack's runner runs with (LOCAL_VLLM_ENV is in this process's environment)."""
     return RunnerSettings(engine=engine, model_path=str(model_dir), model_name=model_name,  # type: ignore[arg-type]
-                          device=device, max_concurrency=max_concurrency, max_model_len=2048)
+                          device=device, max_concurrency=max_concurrency, max_model_len=BENCH_MAX_MODEL_LEN)
 
 
 async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str,
@@ -373,7 +374,7 @@ async def batch_file(stack: Stack, model_dir: Path, work: Path, n: int, *, max_t
     source, output = work / f"bench-{uuid.uuid4().hex[:8]}.jsonl", work / f"out-{uuid.uuid4().hex[:8]}"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
     settings = BatchSettings(project=stack.project, model_path=str(model_dir), model_name=stack.info["model"],
-                             device=device, max_concurrency=max_concurrency, max_model_len=2048,
+                             device=device, max_concurrency=max_concurrency, max_model_len=BENCH_MAX_MODEL_LEN,
                              engine=engine_name)  # type: ignore[arg-type]
     engine = await start_engine(settings)
     try:
@@ -469,7 +470,7 @@ def main() -> None:
                   "--runner-env", f"LLMQ_MAX_CONCURRENCY={max(levels)}",
                   "--runner-env", f"LLMQ_MAX_INFLIGHT={max(levels) + max(levels) // 2}",
                   "--runner-env", f"LLMQ_DEVICE={args.device}", "--runner-env", f"LLMQ_ENGINE={args.engine}",
-                  "--runner-env", "LLMQ_MAX_MODEL_LEN=2048"]
+                  "--runner-env", f"LLMQ_MAX_MODEL_LEN={BENCH_MAX_MODEL_LEN}"]
     print("starting the local stack with the bench model...", flush=True)
     with started_stack(args.state_dir.resolve(), *stack_args) as stack:
         print("(b) whole pipeline", flush=True)

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -26,28 +26,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def marked_processes(marker_value: str) -> list[psutil.Process]:
-    """Live processes whose environment has STACK_MARKER=marker_value (zombies excluded: they use nothing)."""
+def _live_processes(select: Callable[[psutil.Process], bool]) -> list[psutil.Process]:
+    """Processes for which `select` holds, zombies excluded (they use nothing) and vanished ones skipped."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(STACK_MARKER) == marker_value:
+            if proc.status() != psutil.STATUS_ZOMBIE and select(proc):
                 found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
             continue
     return found
+
+
+def marked_processes(marker_value: str) -> list[psutil.Process]:
+    """Live processes whose environment has STACK_MARKER=marker_value."""
+    return _live_processes(lambda proc: proc.environ().get(STACK_MARKER) == marker_value)
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
     """Live processes of one process group (a killed leader's children keep its group)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            continue
-    return found
+    return _live_processes(lambda proc: os.getpgid(proc.pid) == pgid)
 
 
 class ManagedProcess:
