@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import os
 import subprocess
 import sys
 import threading
@@ -85,14 +84,12 @@ def local_settings(**overrides: Any) -> RunnerSettings:
 
 @pytest.fixture(scope="module", autouse=True)
 def _vllm_env() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in LOCAL_VLLM_ENV}
-    os.environ.update({k: v for k, v in LOCAL_VLLM_ENV.items() if not k.startswith("LLMQ_")})
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    """vLLM's own variables of the local stack, for the module (the LLMQ_ ones go in through local_settings)."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in LOCAL_VLLM_ENV.items():
+            if not name.startswith("LLMQ_"):
+                env.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="module")
