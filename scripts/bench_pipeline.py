@@ -136,10 +136,12 @@ def engine_settings(engine: str, model_dir: Path, *, max_concurrency: int, devic
 
 
 async def engine_alone(model_dir: Path, levels: list[int], *, max_tokens: int, rounds: int, device: str,
-                       engine_name: str) -> dict[int, Point]:
+                       engine_name: str, max_concurrency: int | None = None) -> dict[int, Point]:
+    """The engine at each level; it runs max_concurrency sequences at once (default: the highest level)."""
     from runner.engines import start_engine
 
-    engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=max(levels), device=device))
+    engine = await start_engine(engine_settings(engine_name, model_dir, max_concurrency=max_concurrency or max(levels),
+                                                device=device))
     results: dict[int, Point] = {}
     try:
         await _drive(engine, 2, max_tokens)  # warm-up
@@ -239,7 +241,7 @@ def pipeline(stack: Stack, levels: list[int], *, max_tokens: int, rounds: int) -
                 n = jobs_for(c, rounds)
                 meter, passes = CpuMeter(_stack_roles(stack), self_role="bench client"), _engine_counter(stack, client, "forward_passes")
                 started = time.monotonic()
-                tokens = _closed_loop_threads(jobs.one_job, n, c)
+                tokens = closed_loop_threads(jobs.one_job, n, c)
                 results[c] = Point(n, time.monotonic() - started, tokens, cpu=meter.used(),
                                    forward_passes=_engine_counter(stack, client, "forward_passes") - passes)
                 print(f"  pipeline C={c:<3} {results[c].jobs_per_s:7.2f} jobs/s {results[c].tokens_per_s:8.1f} tok/s "
@@ -273,7 +275,7 @@ def _diagnosis(point: Point) -> str:
             + (f" | {others}" if others else ""))
 
 
-def _closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) -> int:
+def closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) -> int:
     """Run n jobs with `concurrency` clients, each starting its next job when the last one ends."""
     lock = threading.Lock()
     remaining = [n]
@@ -353,7 +355,7 @@ def pipeline_jobs(stack: Stack, n: int, *, max_tokens: int) -> Point:
         jobs = PipelineClient(stack, client, max_tokens=max_tokens)
         try:
             started = time.monotonic()
-            tokens = _closed_loop_threads(jobs.one_job, n, min(n, 64))
+            tokens = closed_loop_threads(jobs.one_job, n, min(n, 64))
             return Point(n, time.monotonic() - started, tokens)
         finally:
             jobs.close()
