@@ -14,7 +14,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
+from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, OwnWrites, conditional_update
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation
@@ -39,6 +39,7 @@ class FirestoreJobStore:
     def __init__(self, client: firestore.Client, *, collection: str = JOBS) -> None:
         self._client = client
         self._jobs = client.collection(collection)
+        self._own_writes: OwnWrites[JobRecord] = OwnWrites()
 
     def create(self, record: JobRecord, message: JobMessage) -> bool:
         ref = self._jobs.document(record.id)
@@ -84,7 +85,7 @@ class FirestoreJobStore:
         return conditional_update(
             self._client, self._jobs.document(job_id), mutate,
             parse=lambda snapshot: JobRecord.model_validate(snapshot.to_dict()), dump=_document,
-            attempts=_UPDATE_ATTEMPTS, what="job",
+            attempts=_UPDATE_ATTEMPTS, what="job", own_writes=self._own_writes,
         )
 
     def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
