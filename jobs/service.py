@@ -12,7 +12,7 @@ from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidReque
 from jobs.ids import is_job_id, new_job_id
 from jobs.models import JobMessage, JobRecord, JobRequest, JobView
 from jobs.ports import JobStore, Publisher
-from jobs.quotas import Quota, check_quota
+from jobs.quotas import Quota, QuotaGuard
 from jobs.state import JobStatus
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class JobService:
         self._store = store
         self._publisher = publisher
         self._catalog = catalog
-        self._quota = quota
+        self._quota = QuotaGuard(store, quota) if quota is not None else None
         self._max_chars_per_token = max_prompt_chars_per_token
         self._clock = clock
 
@@ -73,7 +73,7 @@ class JobService:
 
         now = self._clock()
         if self._quota is not None:
-            check_quota(self._store, tenant, quota=self._quota, now=now)
+            self._quota.check(tenant, now=now)
         job_id = new_job_id(tenant=tenant, idempotency_key=key)
         record = JobRecord(
             id=job_id,
@@ -93,6 +93,8 @@ class JobService:
 
         if not self._store.create(record, message):
             return self._existing(job_id, record.request_hash), False
+        if self._quota is not None:
+            self._quota.accepted(tenant)
         try:
             self._publisher.publish(message)
         except DependencyUnavailable:
