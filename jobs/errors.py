@@ -90,3 +90,10 @@ class PermanentJobError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Overloaded(PlatformError):
+    """This instance has more requests in hand than it can serve in time: answered at once, before any
+    work, so the client (or the platform's load balancer) retries elsewhere or later."""
+
+    status, code = 503, "overloaded"

@@ -21,11 +21,18 @@ class ApiSettings(BaseSettings):
     database: str = "(default)"  # Firestore database id
     # Topics jobs are published to; more than one only in the local stack (push concurrency).
     topics: list[str] = Field(default_factory=lambda: ["jobs"])
+    # ...and the topics `priority: "batch"` jobs go to: their own subscriptions, so that a backlog of them
+    # never delays an interactive job (Pub/Sub has no priorities within a subscription).
+    batch_priority_topics: list[str] = Field(default_factory=lambda: ["jobs-batch"])
     # The deployment's models, default first (JSON list of ModelSpec).
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(id="tiny-llama")])
     max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before parsing
     max_wait_seconds: int = 60  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
+    # Admission (jobs/adapters/admission.py): requests one instance works on at once, and the longest a
+    # request may queue for a slot; one that would wait longer is answered 503 at once.
+    admission_slots: int = 32
+    admission_max_wait_seconds: float = 5.0
     # Who may call the API (jobs/adapters/caller.py): "api_key" (Authorization: Bearer <key>, keys
     # hashed in Firestore `api_keys`) or "iam" (Cloud Functions IAM checks Google ID tokens; the
     # token's email maps to a tenant through iam_tenants, or is the tenant itself).

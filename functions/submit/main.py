@@ -11,7 +11,7 @@ import functions_framework
 from jobs.adapters.batch_wiring import batch_service
 from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document, read_model
-from jobs.adapters.wiring import job_service
+from jobs.adapters.wiring import admission, job_service
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
 from jobs.models import JobRequest
@@ -36,6 +36,11 @@ def _route(request: flask.Request) -> flask.Response:
     if path == "/openapi.json":  # the only route open without a key
         _require(request, "GET")
         return json_response(openapi_document())
+    with admission().slot():  # refused at once, before any work, when the wait would be too long
+        return _work(request, path)
+
+
+def _work(request: flask.Request, path: str) -> flask.Response:
     tenant = caller_tenant(request)  # authentication first: nothing is read or written before it
     if path == "/v1/jobs":
         _require(request, "POST")

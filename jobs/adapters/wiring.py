@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from jobs.adapters.admission import Admission
 from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client
 from jobs.adapters.firestore_store import FirestoreJobStore
@@ -31,7 +32,7 @@ def batch_store() -> FirestoreBatchStore:
 def publisher() -> PubSubPublisher:
     settings = api_settings()
     return PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
-                           timeout=settings.publish_timeout_seconds)
+                           batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
 
 
 @lru_cache(maxsize=1)
@@ -43,3 +44,9 @@ def job_service() -> JobService:
                     queued_jobs=settings.quota_queued_jobs),
         max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
     )
+
+
+@lru_cache(maxsize=1)
+def admission() -> Admission:
+    settings = api_settings()
+    return Admission(slots=settings.admission_slots, max_wait_seconds=settings.admission_max_wait_seconds)
