@@ -57,7 +57,8 @@ api = Api("api", ApiArgs(
     project=project, region=region, database=s.database,
     submit_name=s.name("submit"), status_name=s.name("status"),
     submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
-    jobs_topic=topics.jobs.name, models_json=models_json, max_instances=s.api_max_instances,
+    jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
+    models_json=models_json, max_instances=s.api_max_instances,
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
     quota_submissions_per_minute=s.quota_submissions_per_minute, quota_queued_jobs=s.quota_queued_jobs,
     invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
@@ -65,7 +66,8 @@ maintenance = Maintenance("maintenance", MaintenanceArgs(
     project=project, region=region, database=s.database,
     deadletter_name=s.name("deadletter"), reconcile_name=s.name("reconcile"),
     deadletter_account_id=s.account_id("deadletter"), reconcile_account_id=s.account_id("reconcile"),
-    scheduler_account_id=s.account_id("sched-rec"), jobs_topic=topics.jobs.name, models_json=models_json,
+    scheduler_account_id=s.account_id("sched-rec"), jobs_topic=topics.jobs.name,
+    batch_jobs_topic=topics.batch_jobs.name, models_json=models_json,
     reconcile_schedule=s.reconcile_schedule, reconcile_queued_seconds=s.reconcile_queued_seconds,
     reconcile_lease_lapsed_seconds=s.reconcile_lease_lapsed_seconds, internal_ingress=s.internal_ingress,
     labels=labels, **function_build), opts=after_builder)
@@ -93,7 +95,8 @@ runners = [
 ]
 
 queue = Queue("queue", QueueArgs(
-    project=project, region=region, jobs_topic=topics.jobs.name, dead_letter_topic=topics.dead_letter.name,
+    project=project, region=region, jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
+    dead_letter_topic=topics.dead_letter.name,
     dead_letter_topic_id=topics.dead_letter.id, pubsub_agent_member=topics.pubsub_agent_member,
     runners=[PushTarget(model_id=r.model_id, subscription_name=s.name(f"jobs-{m.key}"), url=r.url,
                         service_name=r.service_name) for r, m in zip(runners, s.models)],
@@ -141,6 +144,7 @@ pulumi.export("results_bucket", store.results_bucket.name)
 pulumi.export("batch_bucket", store.batch_bucket.name)
 pulumi.export("models_bucket", store.models_bucket.name)
 pulumi.export("jobs_topic", topics.jobs.name)
+pulumi.export("batch_jobs_topic", topics.batch_jobs.name)
 pulumi.export("dead_letter_topic", topics.dead_letter.name)
 pulumi.export("dead_letter_inspection_subscription", queue.inspection_subscription.name)
 pulumi.export("database", store.database_name)

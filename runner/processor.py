@@ -64,6 +64,8 @@ class JobProcessor:
         self._settings = settings
         self._clock = clock
         self._inflight = 0
+        self._waiting_batch = 0
+        self._slot_freed = asyncio.Condition()
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
         self.instance = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
@@ -95,8 +97,9 @@ class JobProcessor:
         return self._inflight
 
     async def process(self, message: JobMessage) -> Outcome:
-        # Backpressure: answer 429 at once rather than queue past the ack deadline.
-        if self._inflight >= self._settings.max_inflight:
+        # Backpressure: answer 429 rather than queue past the ack deadline; batch work leaves the reserved
+        # slots to interactive work, and waits a while for a slot of its own.
+        if not await self._admit(message.request.priority):
             return Outcome.retry("runner saturated", status=429, after=2)
         self._inflight += 1
         owner = f"delivery-{uuid.uuid4().hex[:16]}"
@@ -108,6 +111,29 @@ class JobProcessor:
         finally:
             self._leases.pop(owner, None)
             self._inflight -= 1
+            async with self._slot_freed:
+                self._slot_freed.notify_all()
+
+    async def _admit(self, priority: str) -> bool:
+        """Whether this push may start now: interactive ones up to max_inflight; batch ones up to the slots
+        not reserved for interactive work, after waiting for one if need be."""
+        s = self._settings
+        if priority != "batch":
+            return self._inflight < s.max_inflight
+        limit = s.max_inflight - s.interactive_reserved_slots
+        if self._inflight < limit:
+            return True
+        if self._waiting_batch >= s.max_waiting_batch_pushes:
+            return False
+        self._waiting_batch += 1
+        try:
+            async with asyncio.timeout(s.batch_wait_seconds), self._slot_freed:
+                await self._slot_freed.wait_for(lambda: self._inflight < limit)
+            return True  # nothing awaits between here and the caller taking the slot
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting_batch -= 1
 
     async def reject(self, job_id: str, reason: str) -> Outcome:
         """A message that can never be processed: mark its job failed and acknowledge."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.push_auth import GOOGLE_CERTS_URL
@@ -37,6 +38,17 @@ class RunnerSettings(BaseSettings):
     # Push requests one instance accepts; beyond it the runner answers 429 at once. Somewhat more
     # than max_concurrency, so the engine never idles between requests.
     max_inflight: int = 48
+    # Of those, the slots only `interactive` jobs may take: `batch` jobs are answered 429 (and redelivered
+    # after the subscription's backoff) once max_inflight - interactive_reserved_slots are in hand, so an
+    # interactive job always finds a slot, and the engine's priority scheduling runs it first.
+    interactive_reserved_slots: int = 8
+    # A batch push that finds no batch slot waits for one (up to max_waiting_batch_pushes of them, for at most
+    # batch_wait_seconds) rather than being answered 429 at once: a refused push comes back only after the
+    # subscription's backoff (10 s and more in production; the emulator holds it back for minutes). The
+    # runner's Cloud Run concurrency is max_inflight + max_waiting_batch_pushes, so waiting batch pushes never
+    # keep an interactive push out.
+    max_waiting_batch_pushes: int = 16
+    batch_wait_seconds: float = 30.0
 
     # A delivery holds a job under a lease it renews while generating; a crashed runner's job is
     # taken over once its lease lapses. Must stay below the subscription's ack deadline.
@@ -54,6 +66,12 @@ class RunnerSettings(BaseSettings):
 
     # Partial output of `stream` jobs is written at most this often (Firestore: ~1 write/s/doc).
     stream_interval_seconds: float = 1.0
+
+    @model_validator(mode="after")
+    def _batch_keeps_a_slot(self) -> RunnerSettings:
+        if not 0 <= self.interactive_reserved_slots < self.max_inflight:
+            raise ValueError("interactive_reserved_slots must be at least 0 and below max_inflight")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -5,8 +5,9 @@ buckets, builds the local model if needed, starts the submit and status function
 writes `<state dir>/stack.json`, and supervises: a function or runner that dies is started again
 (as Cloud Run starts a new instance) and stack.json is rewritten. Ctrl-C or SIGTERM stops it all.
 
-The emulator pushes at most 2 requests at a time per subscription, so locally jobs are spread over
-several topics, each with its own push subscription (--push-topics); production uses one topic.
+The emulator pushes at most 2 requests at a time per subscription, so locally each priority's jobs are
+spread over several topics, each with its own push subscription (--push-topics); production uses one
+topic per priority.
 The emulator is not a performance model of Pub/Sub.
 """
 
@@ -53,7 +54,7 @@ log = logging.getLogger("local_stack")
 class StackConfig:
     state_dir: Path = REPO / ".local"
     project: str = "local-project"
-    push_topics: int = 8
+    push_topics: int = 24
     model_size: str = "tiny"
     model_name: str = "tiny-llama"
     ack_deadline_seconds: int = 120
@@ -73,8 +74,17 @@ class StackConfig:
     reconcile_lapsed_after_seconds: float = 10.0
 
     @property
-    def topics(self) -> list[str]:
+    def interactive_topics(self) -> list[str]:
         return ["jobs"] if self.push_topics <= 1 else [f"jobs-{i}" for i in range(self.push_topics)]
+
+    @property
+    def batch_priority_topics(self) -> list[str]:
+        return ["jobs-batch"] if self.push_topics <= 1 else [f"jobs-batch-{i}" for i in range(self.push_topics)]
+
+    @property
+    def topics(self) -> list[str]:
+        """Every job topic, each with the runner's push subscription."""
+        return [*self.interactive_topics, *self.batch_priority_topics]
 
     @property
     def dead_letter_topic(self) -> str:
@@ -214,7 +224,8 @@ class LocalStack:
             "PYTHONPATH": str(REPO),
             "GOOGLE_CLOUD_PROJECT": c.project,
             "LLMQ_PROJECT": c.project,
-            "LLMQ_TOPICS": json.dumps(c.topics),
+            "LLMQ_TOPICS": json.dumps(c.interactive_topics),
+            "LLMQ_BATCH_PRIORITY_TOPICS": json.dumps(c.batch_priority_topics),
             "LLMQ_MODELS": json.dumps([{"id": c.model_name, "max_model_len": LOCAL_MAX_MODEL_LEN,
                                          "max_tokens": LOCAL_MAX_MODEL_LEN - 192}]),
             "LLMQ_MAX_MODEL_LEN": str(LOCAL_MAX_MODEL_LEN),
@@ -250,7 +261,7 @@ class LocalStack:
             "env": self.emulator_env,
             "results_bucket": c.results_bucket,
             "batch_bucket": c.batch_bucket,
-            "topic": c.topics[0],
+            "topic": c.interactive_topics[0],
             "topics": c.topics,
             "dead_letter_topic": c.dead_letter_topic,
             "dead_letter_subscription": f"{c.dead_letter_topic}-sub",
@@ -330,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up"])
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local")
-    parser.add_argument("--push-topics", type=int, default=8)
+    parser.add_argument("--push-topics", type=int, default=24)
     parser.add_argument("--model-size", default="tiny", choices=["tiny", "bench"])
     parser.add_argument("--max-delivery-attempts", type=int, default=10)
     parser.add_argument("--reconcile-every", type=float, default=30.0,

@@ -224,8 +224,10 @@ def test_runner_scales_to_zero_with_bounded_instances_and_concurrency(deployment
     assert template["scaling"]["minInstanceCount"] == 0
     assert 1 <= template["scaling"]["maxInstanceCount"] <= 20
     env = env_of(template["containers"][0])
-    # Cloud Run's concurrency is the runner's in-flight bound; the engine runs fewer at once.
-    assert template["maxInstanceRequestConcurrency"] == int(env["LLMQ_MAX_INFLIGHT"])
+    # Cloud Run's concurrency is the runner's in-flight bound and the batch pushes it holds waiting for a
+    # slot (so that they never keep an interactive push out); the engine runs fewer at once.
+    assert template["maxInstanceRequestConcurrency"] == (int(env["LLMQ_MAX_INFLIGHT"])
+                                                         + int(env["LLMQ_MAX_WAITING_BATCH_PUSHES"]))
     assert int(env["LLMQ_MAX_INFLIGHT"]) >= int(env["LLMQ_MAX_CONCURRENCY"])
 
 
@@ -460,7 +462,7 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         env = {k: v for k, v in deployment.function(name).inputs["serviceConfig"]["environmentVariables"].items()
                if k.startswith("LLMQ_")}
         assert all(k[5:].lower() in fields for k in env), env
-        values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
+        values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
         settings = ApiSettings(**values)  # validates every value (models as ModelSpec, numbers)
         assert settings.project == PROJECT
         assert settings.topics == ["llmq-jobs"]  # production publishes to one topic
@@ -470,7 +472,7 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
 def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettings]:
     env = {k: v for k, v in d.function(name).inputs["serviceConfig"]["environmentVariables"].items()
            if k.startswith("LLMQ_")}
-    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
+    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
     return env, ApiSettings(**values)
 
 

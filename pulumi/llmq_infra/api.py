@@ -21,6 +21,13 @@ MAX_WAIT_SECONDS = 60  # GET /v1/jobs/{id}?wait=N bound (CONTRACT §1)
 AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
 ONDEMAND_PREFIX = "inbox-ondemand/"  # jobs.batch_service.ONDEMAND_PREFIX: where submit writes inline input
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+# Requests one function instance takes at once (gunicorn threads). Submit: its admission works on 32 at a
+# time and queues the rest for up to 5 s (jobs/adapters/admission.py); one local instance held 500
+# concurrent clients without an error (BENCHMARKS.md, "Submit under load"), and Cloud Run adds instances
+# from about 60 % of this, so 250 keeps each instance's queue short. Status: a `?wait` holds its request
+# (a listener, no CPU) for up to 60 s, so the same bound, for as many waiting clients.
+SUBMIT_CONCURRENCY = 250
+STATUS_CONCURRENCY = 250
 
 
 def bucket_prefix_condition(bucket: pulumi.Input[str], prefix: str) -> gcp.storage.BucketIAMMemberConditionArgs:
@@ -44,6 +51,7 @@ class ApiArgs:
     submit_account_id: str
     status_account_id: str
     jobs_topic: pulumi.Input[str]
+    batch_jobs_topic: pulumi.Input[str]  # `priority: "batch"` jobs
     models_json: str  # LLMQ_MODELS
     sources_bucket: pulumi.Input[str]
     build_service_account: pulumi.Input[str]
@@ -95,6 +103,7 @@ class Api(pulumi.ComponentResource):
         # Only submit creates jobs and batches: the quotas, the batch bucket and the job it launches.
         submit_env: dict[str, pulumi.Input[str]] = {
             **env,
+            "LLMQ_BATCH_PRIORITY_TOPICS": pulumi.Output.json_dumps([args.batch_jobs_topic]),
             "LLMQ_QUOTA_SUBMISSIONS_PER_MINUTE": str(args.quota_submissions_per_minute),
             "LLMQ_QUOTA_QUEUED_JOBS": str(args.quota_queued_jobs),
             "LLMQ_BATCH_BUCKET": args.batch_bucket,
@@ -111,13 +120,13 @@ class Api(pulumi.ComponentResource):
         self.submit = HttpFunction(f"{name}-submit", HttpFunctionArgs(
             function_name=args.submit_name, source="submit", entry_point="submit",
             account_id=args.submit_account_id, env=submit_env,
-            max_instances=args.max_instances, concurrency=80, timeout_seconds=60,
+            max_instances=args.max_instances, concurrency=SUBMIT_CONCURRENCY, timeout_seconds=60,
             description="llmq: POST /v1/jobs, /v1/batches, cancel", **common), opts=child)
         self.status = HttpFunction(f"{name}-status", HttpFunctionArgs(
             function_name=args.status_name, source="status", entry_point="status",
             account_id=args.status_account_id, env={**env, "LLMQ_MAX_WAIT_SECONDS": str(MAX_WAIT_SECONDS)},
             # A `wait` holds its request up to 60 s: the timeout leaves room to answer after it.
-            max_instances=args.max_instances, concurrency=80, timeout_seconds=MAX_WAIT_SECONDS + 30,
+            max_instances=args.max_instances, concurrency=STATUS_CONCURRENCY, timeout_seconds=MAX_WAIT_SECONDS + 30,
             description="llmq: GET /v1/jobs/{id}, /v1/batches/{id}, /v1/models", **common), opts=child)
 
         # submit creates and cancels jobs and batches, publishes jobs, and stores inline batch input;
@@ -126,6 +135,8 @@ class Api(pulumi.ComponentResource):
                                member=self.submit.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)
         gcp.pubsub.TopicIAMMember(f"{name}-submit-publisher", project=args.project, topic=args.jobs_topic,
+                                  role="roles/pubsub.publisher", member=self.submit.service_account.member, opts=child)
+        gcp.pubsub.TopicIAMMember(f"{name}-submit-batch-publisher", project=args.project, topic=args.batch_jobs_topic,
                                   role="roles/pubsub.publisher", member=self.submit.service_account.member, opts=child)
         # POST /v1/batches with `input_uri` checks that the object exists (objects.get anywhere in the
         # batch bucket); with `input_jsonl` it writes inbox-ondemand/<id>.jsonl, and deletes it again if

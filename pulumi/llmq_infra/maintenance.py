@@ -28,6 +28,7 @@ class MaintenanceArgs:
     reconcile_account_id: str
     scheduler_account_id: str
     jobs_topic: pulumi.Input[str]
+    batch_jobs_topic: pulumi.Input[str]
     models_json: str
     sources_bucket: pulumi.Input[str]
     build_service_account: pulumi.Input[str]
@@ -56,6 +57,7 @@ class Maintenance(pulumi.ComponentResource):
             "LLMQ_PROJECT": args.project,
             "LLMQ_DATABASE": args.database,
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
+            "LLMQ_BATCH_PRIORITY_TOPICS": pulumi.Output.json_dumps([args.batch_jobs_topic]),
             "LLMQ_MODELS": args.models_json,
         }
         ingress = "ALLOW_INTERNAL_ONLY" if args.internal_ingress else "ALLOW_ALL"
@@ -83,9 +85,10 @@ class Maintenance(pulumi.ComponentResource):
             gcp.projects.IAMMember(f"{name}-{role_name}-firestore", project=args.project, role="roles/datastore.user",
                                    member=function.service_account.member,
                                    condition=firestore_condition(args.project, args.database), opts=child)
-        gcp.pubsub.TopicIAMMember(f"{name}-reconcile-publisher", project=args.project, topic=args.jobs_topic,
-                                  role="roles/pubsub.publisher", member=self.reconcile.service_account.member,
-                                  opts=child)
+        for key, topic in (("", args.jobs_topic), ("batch-", args.batch_jobs_topic)):
+            gcp.pubsub.TopicIAMMember(f"{name}-reconcile-{key}publisher", project=args.project, topic=topic,
+                                      role="roles/pubsub.publisher", member=self.reconcile.service_account.member,
+                                      opts=child)
 
         # The scheduler's identity may do one thing: invoke the reconciler.
         scheduler_sa = gcp.serviceaccount.Account(

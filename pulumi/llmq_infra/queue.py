@@ -36,6 +36,7 @@ class QueueArgs:
     project: str
     region: str
     jobs_topic: pulumi.Input[str]
+    batch_jobs_topic: pulumi.Input[str]  # `priority: "batch"` jobs, a subscription of their own per runner
     dead_letter_topic: pulumi.Input[str]  # name
     dead_letter_topic_id: pulumi.Input[str]  # projects/P/topics/T
     pubsub_agent_member: pulumi.Input[str]
@@ -59,7 +60,8 @@ def model_filter(model_id: str) -> str:
 
 
 class Queue(pulumi.ComponentResource):
-    subscriptions: dict[str, gcp.pubsub.Subscription]  # model id → push subscription
+    subscriptions: dict[str, gcp.pubsub.Subscription]  # model id → push subscription (interactive jobs)
+    batch_subscriptions: dict[str, gcp.pubsub.Subscription]  # model id → push subscription (batch jobs)
     dead_letter_subscription: gcp.pubsub.Subscription
     inspection_subscription: gcp.pubsub.Subscription
     push_service_account: gcp.serviceaccount.Account
@@ -88,43 +90,47 @@ class Queue(pulumi.ComponentResource):
         # Identity of the job pushes: may invoke the runners, nothing else.
         self.push_service_account = self._invoker(f"{name}-push", args.push_account_id,
                                                   "llmq Pub/Sub push to the runners", args, child)
-        self.subscriptions = {}
+        self.subscriptions, self.batch_subscriptions = {}, {}
         for runner in args.runners:
             key = runner.subscription_name
             invoker = gcp.cloudrunv2.ServiceIamMember(
                 f"{name}-{key}-invoker", project=args.project, location=args.region, name=runner.service_name,
                 role="roles/run.invoker", member=self.push_service_account.member, opts=child)
-            subscription = gcp.pubsub.Subscription(
-                f"{name}-{key}",
-                project=args.project,
-                name=runner.subscription_name,
-                topic=args.jobs_topic,
-                labels=args.labels,
-                # The push request's own timeout: the runner's generation budget ends inside it.
-                ack_deadline_seconds=args.ack_deadline_seconds,
-                push_config=gcp.pubsub.SubscriptionPushConfigArgs(
-                    push_endpoint=pulumi.Output.concat(runner.url, PUSH_PATH),
-                    oidc_token=gcp.pubsub.SubscriptionPushConfigOidcTokenArgs(
-                        service_account_email=self.push_service_account.email,
-                        audience=runner.url,  # Cloud Run accepts its own URL as the audience
+            # One subscription per priority: batch jobs wait in their own backlog, never ahead of an
+            # interactive job (the runner keeps slots for interactive work, the engine runs it first).
+            for suffix, topic, into in (("", args.jobs_topic, self.subscriptions),
+                                        ("-batch", args.batch_jobs_topic, self.batch_subscriptions)):
+                subscription = gcp.pubsub.Subscription(
+                    f"{name}-{key}{suffix}",
+                    project=args.project,
+                    name=f"{runner.subscription_name}{suffix}",
+                    topic=topic,
+                    labels=args.labels,
+                    # The push request's own timeout: the runner's generation budget ends inside it.
+                    ack_deadline_seconds=args.ack_deadline_seconds,
+                    push_config=gcp.pubsub.SubscriptionPushConfigArgs(
+                        push_endpoint=pulumi.Output.concat(runner.url, PUSH_PATH),
+                        oidc_token=gcp.pubsub.SubscriptionPushConfigOidcTokenArgs(
+                            service_account_email=self.push_service_account.email,
+                            audience=runner.url,  # Cloud Run accepts its own URL as the audience
+                        ),
                     ),
-                ),
-                retry_policy=retry,
-                dead_letter_policy=gcp.pubsub.SubscriptionDeadLetterPolicyArgs(
-                    dead_letter_topic=args.dead_letter_topic_id,
-                    max_delivery_attempts=args.max_delivery_attempts,
-                ),
-                # Filters are immutable; one subscription per model (DESIGN_NOTES).
-                filter=model_filter(runner.model_id) if len(args.runners) > 1 else None,
-                expiration_policy=gcp.pubsub.SubscriptionExpirationPolicyArgs(ttl=NEVER_EXPIRE),
-                opts=child_options(self, opts, depends_on=[invoker]),
-            )
-            # The service agent acknowledges the message it forwards to the dead-letter topic;
-            # without this role dead-lettering fails silently.
-            gcp.pubsub.SubscriptionIAMMember(
-                f"{name}-{key}-agent-subscriber", project=args.project, subscription=subscription.name,
-                role="roles/pubsub.subscriber", member=args.pubsub_agent_member, opts=child)
-            self.subscriptions[runner.model_id] = subscription
+                    retry_policy=retry,
+                    dead_letter_policy=gcp.pubsub.SubscriptionDeadLetterPolicyArgs(
+                        dead_letter_topic=args.dead_letter_topic_id,
+                        max_delivery_attempts=args.max_delivery_attempts,
+                    ),
+                    # Filters are immutable; one subscription per model (DESIGN_NOTES).
+                    filter=model_filter(runner.model_id) if len(args.runners) > 1 else None,
+                    expiration_policy=gcp.pubsub.SubscriptionExpirationPolicyArgs(ttl=NEVER_EXPIRE),
+                    opts=child_options(self, opts, depends_on=[invoker]),
+                )
+                # The service agent acknowledges the message it forwards to the dead-letter topic;
+                # without this role dead-lettering fails silently.
+                gcp.pubsub.SubscriptionIAMMember(
+                    f"{name}-{key}{suffix}-agent-subscriber", project=args.project, subscription=subscription.name,
+                    role="roles/pubsub.subscriber", member=args.pubsub_agent_member, opts=child)
+                into[runner.model_id] = subscription
 
         # Dead letters go to a CPU function (never the GPU runner), with their own invoker identity.
         dl_account = self._invoker(f"{name}-dl-push", args.dead_letter_push_account_id,

@@ -18,6 +18,9 @@ MODELS_MOUNT = "/models"
 PORT = 8080
 STARTUP_PROBE_PERIOD_SECONDS = 10
 
+# Batch pushes one runner instance holds while they wait for a batch slot (LLMQ_MAX_WAITING_BATCH_PUSHES).
+WAITING_BATCH_PUSHES = 16
+
 
 @dataclass
 class RunnerArgs:
@@ -97,6 +100,7 @@ class Runner(pulumi.ComponentResource):
             "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
             "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
             "LLMQ_MAX_INFLIGHT": str(args.max_inflight),
+            "LLMQ_MAX_WAITING_BATCH_PUSHES": str(WAITING_BATCH_PUSHES),
             "LLMQ_LEASE_SECONDS": str(args.lease_seconds),
             "LLMQ_GENERATION_TIMEOUT_SECONDS": str(args.generation_timeout_seconds),
             "LLMQ_STREAM_INTERVAL_SECONDS": "1",
@@ -120,7 +124,9 @@ class Runner(pulumi.ComponentResource):
                 execution_environment="EXECUTION_ENVIRONMENT_GEN2",  # needed by the Cloud Storage volume
                 # ≥ the ack deadline: Pub/Sub, not Cloud Run, decides when a push has taken too long.
                 timeout=duration(args.request_timeout_seconds),
-                max_instance_request_concurrency=args.max_inflight,
+                # Batch pushes waiting for a batch slot hold requests too: they must never keep an
+                # interactive push out of the instance (runner/settings.py, max_waiting_batch_pushes).
+                max_instance_request_concurrency=args.max_inflight + WAITING_BATCH_PUSHES,
                 scaling=gcp.cloudrunv2.ServiceTemplateScalingArgs(
                     min_instance_count=0,  # idle costs nothing: no GPU is billed without a request
                     max_instance_count=args.max_instances,

@@ -17,20 +17,25 @@ class TopicsArgs:
     project: pulumi.Input[str]
     jobs_topic: str
     dead_letter_topic: str
+    batch_jobs_topic: str = ""  # `priority: "batch"` jobs; default: "<jobs_topic>-batch"
     labels: dict[str, str] = field(default_factory=dict)
 
 
 class Topics(pulumi.ComponentResource):
     jobs: gcp.pubsub.Topic
+    batch_jobs: gcp.pubsub.Topic  # their own topic, so their backlog never delays an interactive job
     dead_letter: gcp.pubsub.Topic
     pubsub_agent_member: pulumi.Output[str]  # serviceAccount:service-<number>@gcp-sa-pubsub.iam.gserviceaccount.com
 
     def __init__(self, name: str, args: TopicsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if args.jobs_topic == args.dead_letter_topic:
-            raise ValueError("Topics: the dead-letter topic must differ from the jobs topic")
+        batch_jobs_topic = args.batch_jobs_topic or f"{args.jobs_topic}-batch"
+        if len({args.jobs_topic, batch_jobs_topic, args.dead_letter_topic}) != 3:
+            raise ValueError("Topics: the jobs, batch jobs and dead-letter topics must differ")
         super().__init__("llmq:infra:Topics", name, None, opts)
         self.jobs = gcp.pubsub.Topic(f"{name}-jobs", project=args.project, name=args.jobs_topic,
                                      labels=args.labels, opts=child_options(self, opts))
+        self.batch_jobs = gcp.pubsub.Topic(f"{name}-batch-jobs", project=args.project, name=batch_jobs_topic,
+                                           labels=args.labels, opts=child_options(self, opts))
         self.dead_letter = gcp.pubsub.Topic(f"{name}-dead-letter", project=args.project,
                                             name=args.dead_letter_topic, labels=args.labels,
                                             opts=child_options(self, opts))
@@ -50,6 +55,7 @@ class Topics(pulumi.ComponentResource):
         )
         self.register_outputs({
             "jobs_topic": self.jobs.name,
+            "batch_jobs_topic": self.batch_jobs.name,
             "dead_letter_topic": self.dead_letter.name,
             "pubsub_agent_member": self.pubsub_agent_member,
         })
