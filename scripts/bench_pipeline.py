@@ -199,6 +199,7 @@ class PipelineClient:
         self._stack, self._client = stack, client
         self._jobs = stack.firestore().collection("jobs")
         self._body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8, "top_p": 0.95}
+        self.missed_by_listener = 0  # ends only a re-read found
 
     def one_job(self) -> int:
         """Submit one job and wait for its end; returns its completion tokens."""
@@ -217,9 +218,18 @@ class PipelineClient:
                     done.set()
 
         watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
+        deadline = time.monotonic() + 300
         try:
-            if not done.wait(300):
-                raise RuntimeError(f"job {job_id} did not finish")
+            # A listener can miss a change under load (the emulator's, seen here), so read the document now
+            # and then as well, as the API's `?wait` does.
+            while not done.wait(5):
+                doc = self._jobs.document(job_id).get().to_dict() or {}
+                if doc.get("status") in ("succeeded", "failed", "cancelled"):
+                    final.append(doc)
+                    self.missed_by_listener += 1
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"job {job_id} did not finish")
         finally:
             watch.unsubscribe()
         doc = final[0]

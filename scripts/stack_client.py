@@ -88,6 +88,9 @@ class Stack:
         return client.get(f"{self.info['status_url']}/v1/jobs/{job_id}", params=params, timeout=timeout)
 
 
+_RECHECK_SECONDS = 10.0
+
+
 class JobWatcher:
     """Listens to a set of job documents and records every state seen, with arrival times."""
 
@@ -125,7 +128,20 @@ class JobWatcher:
                 self._all_final.set()
 
     def wait(self, timeout: float) -> bool:
-        return self._all_final.wait(timeout)
+        """True once every job was seen final. The emulator's listeners can miss a change under load (a
+        full test run once saw a job end that its listener never reported), so the documents not yet seen
+        final are also read now and then, as the API's `?wait` does; such a read is recorded like an event."""
+        deadline = time.monotonic() + timeout
+        while not self._all_final.wait(max(0.0, min(_RECHECK_SECONDS, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return False
+            with self._lock:
+                pending = [job_id for job_id, h in self.history.items() if not h or h[-1][1]["status"] not in FINAL]
+            for job_id in pending:
+                snapshot = self._db.collection("jobs").document(job_id).get()
+                if snapshot.exists and snapshot.to_dict()["status"] in FINAL:
+                    self._callback([snapshot], None, None)
+        return True
 
     def latest(self, job_id: str) -> dict[str, Any] | None:
         with self._lock:
