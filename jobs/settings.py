@@ -30,9 +30,10 @@ class ApiSettings(BaseSettings):
     max_wait_seconds: int = 60  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
     # Admission (jobs/adapters/admission.py): requests one instance works on at once, and the longest a
-    # request may queue for a slot; one that would wait longer is answered 503 at once.
+    # request may queue for a slot; one that would wait longer is answered 503 at once. Half the submit
+    # function's 60 s timeout: shed only what would otherwise time out; shorter waits are queueing.
     admission_slots: int = 32
-    admission_max_wait_seconds: float = 5.0
+    admission_max_wait_seconds: float = 30.0
     # Who may call the API (jobs/adapters/caller.py): "api_key" (Authorization: Bearer <key>, keys
     # hashed in Firestore `api_keys`) or "iam" (Cloud Functions IAM checks Google ID tokens; the
     # token's email maps to a tenant through iam_tenants, or is the tenant itself).
