@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs.adapters.api_key_store import FirestoreApiKeyStore
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def create_key(store: FirestoreApiKeyStore, *, tenant: str, name: str = "") -> str:
     raw = new_key()
-    store.create(ApiKey(key_hash=hash_key(raw), tenant=tenant, name=name, created_at=datetime.now(timezone.utc)))
+    store.create(ApiKey(key_hash=hash_key(raw), tenant=tenant, name=name, created_at=datetime.now(UTC)))
     return raw
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     if args.command == "create":
         print(create_key(store, tenant=args.tenant, name=args.name))
     elif args.command == "revoke":
-        key = store.revoke(args.hash or hash_key(args.key), at=datetime.now(timezone.utc))
+        key = store.revoke(args.hash or hash_key(args.key), at=datetime.now(UTC))
         raise SystemExit(0 if key is not None else "no such key")
     else:
         for key in store.list(args.tenant):

@@ -22,9 +22,9 @@ AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
 ONDEMAND_PREFIX = "inbox-ondemand/"  # jobs.batch_service.ONDEMAND_PREFIX: where submit writes inline input
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 # Requests one function instance takes at once (gunicorn threads). Submit: its admission works on 32 at a
-# time and queues the rest for up to 5 s (jobs/adapters/admission.py); one local instance held 500
-# concurrent clients without an error (BENCHMARKS.md, "Submit under load"), and Cloud Run adds instances
-# from about 60 % of this, so 250 keeps each instance's queue short. Status: a `?wait` holds its request
+# time and queues the rest for up to 30 s (jobs/adapters/admission.py); one local instance held 200
+# concurrent clients without an error (BENCHMARKS.md, "Submit under load"; at 500 the local emulator was the
+# limit), and Cloud Run adds instances from about 60 % of this, so 250 keeps each instance's queue short. Status: a `?wait` holds its request
 # (a listener, no CPU) for up to 60 s, so the same bound, for as many waiting clients.
 SUBMIT_CONCURRENCY = 250
 STATUS_CONCURRENCY = 250
