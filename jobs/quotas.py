@@ -92,6 +92,7 @@ class QuotaGuard:
             with self._lock:
                 if len(self._counts) > 10_000:  # bounded: a long-lived instance serving many tenants
                     self._counts.clear()
+                    self._counting.clear()  # a request holding an old lock only releases it
                 self._counts[tenant] = fresh
             return fresh
         finally:

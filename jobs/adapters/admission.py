@@ -33,15 +33,18 @@ class Admission:
     def expected_wait(self) -> float:
         """Seconds a request arriving now would wait for a slot, by Little's law."""
         with self._lock:
-            return self._waiting * self._hold_seconds / self._slot_count
+            return self._expected_wait_locked()
+
+    def _expected_wait_locked(self) -> float:
+        return self._waiting * self._hold_seconds / self._slot_count
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold a slot for the duration. Raises Overloaded, before any work, when the wait would pass the
         budget."""
         with self._lock:
-            if self._waiting * self._hold_seconds / self._slot_count > self._max_wait:
-                raise Overloaded(self._refusal(), retry_after=max(1, round(self._max_wait)))
+            if self._expected_wait_locked() > self._max_wait:
+                raise self._refusal()
             self._waiting += 1
         try:
             acquired = self._slots.acquire(timeout=self._max_wait)
@@ -49,7 +52,7 @@ class Admission:
             with self._lock:
                 self._waiting -= 1
         if not acquired:
-            raise Overloaded(self._refusal(), retry_after=max(1, round(self._max_wait)))
+            raise self._refusal()
         started = time.monotonic()
         try:
             yield
@@ -59,5 +62,6 @@ class Admission:
                 self._hold_seconds += _SMOOTHING * (held - self._hold_seconds)
             self._slots.release()
 
-    def _refusal(self) -> str:
-        return f"this instance is at capacity (a wait over {self._max_wait:g} s); retry"
+    def _refusal(self) -> Overloaded:
+        return Overloaded(f"this instance is at capacity (a wait over {self._max_wait:g} s); retry",
+                          retry_after=max(1, round(self._max_wait)))
