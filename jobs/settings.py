@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs import constants
 from jobs.catalog import ModelCatalog, ModelSpec
 
 
@@ -20,14 +21,14 @@ class ApiSettings(BaseSettings):
     project: str = "local-project"  # GCP project id
     database: str = "(default)"  # Firestore database id
     # Topics jobs are published to; more than one only in the local stack (push concurrency).
-    topics: list[str] = Field(default_factory=lambda: ["jobs"])
+    topics: list[str] = Field(default_factory=lambda: [constants.JOBS_TOPIC])
     # ...and the topics `priority: "batch"` jobs go to: their own subscriptions, so that a backlog of them
     # never delays an interactive job (Pub/Sub has no priorities within a subscription).
-    batch_priority_topics: list[str] = Field(default_factory=lambda: ["jobs-batch"])
+    batch_priority_topics: list[str] = Field(default_factory=lambda: [constants.JOBS_TOPIC + constants.BATCH_TOPIC_SUFFIX])
     # The deployment's models, default first (JSON list of ModelSpec).
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(id="tiny-llama")])
     max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before parsing
-    max_wait_seconds: int = 60  # bound of GET /v1/jobs/{id}?wait=N
+    max_wait_seconds: int = constants.MAX_WAIT_SECONDS  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
     # Admission (jobs/adapters/admission.py): requests one instance works on at once, and the longest a
     # request may queue for a slot; one that would wait longer is answered 503 at once. Half the submit
@@ -37,16 +38,16 @@ class ApiSettings(BaseSettings):
     # Who may call the API (jobs/adapters/caller.py): "api_key" (Authorization: Bearer <key>, keys
     # hashed in Firestore `api_keys`) or "iam" (Cloud Functions IAM checks Google ID tokens; the
     # token's email maps to a tenant through iam_tenants, or is the tenant itself).
-    auth_mode: Literal["api_key", "iam"] = "api_key"
+    auth_mode: constants.AuthMode = "api_key"
     iam_tenants: dict[str, str] = Field(default_factory=dict)
     # Per-tenant quotas (0: no limit), counted without a hot document (jobs/quotas.py).
-    quota_submissions_per_minute: int = 600
-    quota_queued_jobs: int = 10_000
+    quota_submissions_per_minute: int = constants.QUOTA_SUBMISSIONS_PER_MINUTE
+    quota_queued_jobs: int = constants.QUOTA_QUEUED_JOBS
     # Prompts longer than this many characters per token of the model's context cannot fit: 400.
     max_prompt_chars_per_token: int = 16
     # The reconciler re-publishes jobs queued longer than this, or whose lease lapsed this long ago.
     reconcile_queued_seconds: float = 300
-    reconcile_lease_lapsed_seconds: float = 120
+    reconcile_lease_lapsed_seconds: float = constants.RECONCILE_LEASE_LAPSED_SECONDS
     # ...and ends batches whose document nobody wrote for this long (a running batch writes about once
     # a second; loading the model takes minutes, so this stays well above that).
     reconcile_batch_stale_seconds: float = 3600

@@ -21,6 +21,7 @@ from llmq_infra.store import Store, StoreArgs
 from llmq_infra.topics import Topics, TopicsArgs
 
 import pulumi  # after llmq_infra: ruff files `pulumi` as first-party (the pulumi/ folder)
+from jobs.constants import DEAD_LETTER_TOPIC_SUFFIX, JOBS_TOPIC
 
 s = load()
 project, region, labels = s.project, s.region, s.labels
@@ -37,8 +38,9 @@ store = Store("store", StoreArgs(
     models_bucket=f"{project}-{s.prefix}-models", sources_bucket=f"{project}-{s.prefix}-sources",
     results_retention_days=s.results_retention_days, batch_retention_days=s.batch_retention_days,
     force_destroy=s.force_destroy_buckets, labels=labels), opts=after_apis)
-topics = Topics("topics", TopicsArgs(project=project, jobs_topic=s.name("jobs"),
-                                     dead_letter_topic=s.name("jobs-dead-letter"), labels=labels), opts=after_apis)
+topics = Topics("topics", TopicsArgs(project=project, jobs_topic=s.name(JOBS_TOPIC),
+                                     dead_letter_topic=s.name(JOBS_TOPIC + DEAD_LETTER_TOPIC_SUFFIX),
+                                     labels=labels), opts=after_apis)
 
 builder = FunctionBuilder("function-builder", FunctionBuilderArgs(
     project=project, account_id=s.account_id("build"), repository=registry.repository.repository_id,

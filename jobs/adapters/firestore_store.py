@@ -15,14 +15,13 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, OwnWrites, conditional_update
+from jobs.constants import JOBS_COLLECTION, REQUEST_SUBCOLLECTION
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation
 
 log = logging.getLogger(__name__)
 
-JOBS = "jobs"
-REQUEST_SUBCOLLECTION = "request"  # jobs/{id}/request/body: the durable copy of the request
 _UPDATE_ATTEMPTS = 8
 
 
@@ -36,7 +35,7 @@ _WAIT_RECHECK_SECONDS = 5.0  # a waiting request re-reads the document this ofte
 
 
 class FirestoreJobStore:
-    def __init__(self, client: firestore.Client, *, collection: str = JOBS) -> None:
+    def __init__(self, client: firestore.Client, *, collection: str = JOBS_COLLECTION) -> None:
         self._client = client
         self._jobs = client.collection(collection)
         self._own_writes: OwnWrites[JobRecord] = OwnWrites()

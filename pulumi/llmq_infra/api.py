@@ -14,11 +14,10 @@ from typing import Any
 import pulumi_gcp as gcp
 
 import pulumi
+from jobs.constants import AUTH_MODES, MAX_WAIT_SECONDS, QUOTA_QUEUED_JOBS, QUOTA_SUBMISSIONS_PER_MINUTE
 from llmq_infra.common import child_options, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
-MAX_WAIT_SECONDS = 60  # GET /v1/jobs/{id}?wait=N bound (CONTRACT §1)
-AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
 ONDEMAND_PREFIX = "inbox-ondemand/"  # jobs.batch_service.ONDEMAND_PREFIX: where submit writes inline input
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 # Requests one function instance takes at once (gunicorn threads). Submit: its admission works on 32 at a
@@ -63,8 +62,8 @@ class ApiArgs:
     batch_job: str
     # How the functions authenticate callers (jobs/adapters/caller.py) and the per-tenant quotas.
     auth_mode: str = "api_key"
-    quota_submissions_per_minute: int = 600
-    quota_queued_jobs: int = 10_000
+    quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE
+    quota_queued_jobs: int = QUOTA_QUEUED_JOBS
     # Who may call the API through IAM. The functions authenticate callers themselves (CONTRACT
     # §1); "allUsers" makes the endpoints public, an empty list leaves them to project principals
     # with identity tokens.

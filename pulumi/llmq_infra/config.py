@@ -14,6 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from jobs.constants import (
+    AUTH_MODES,
+    MAX_CONCURRENCY,
+    MAX_INFLIGHT,
+    QUOTA_QUEUED_JOBS,
+    QUOTA_SUBMISSIONS_PER_MINUTE,
+    RECONCILE_LEASE_LAPSED_SECONDS,
+)
+from jobs.models import MAX_TTL_SECONDS
 
 # Cloud Run regions that offer NVIDIA L4 GPUs (Cloud Run GPU docs; the list grows — extend it here
 # when Google adds one, rather than letting a deploy fail on the first GPU revision).
@@ -30,7 +39,6 @@ MIN_GPU_CPU = 4
 MIN_GPU_MEMORY_GIB = 16
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
-AUTH_MODES = ("api_key", "iam")  # jobs.settings.ApiSettings.auth_mode
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
@@ -103,8 +111,8 @@ class Settings:
     runner_cpu: int = 8
     runner_memory_gib: int = 32
     runner_max_instances: int = 2
-    max_concurrency: int = 32  # sequences the engine runs at once (vLLM max_num_seqs)
-    max_inflight: int = 48  # pushes one instance accepts (Cloud Run concurrency); beyond: 429
+    max_concurrency: int = MAX_CONCURRENCY  # sequences the engine runs at once (vLLM max_num_seqs)
+    max_inflight: int = MAX_INFLIGHT  # pushes one instance accepts (Cloud Run concurrency); beyond: 429
     lease_seconds: int = 0  # defaults to 60 s, or a quarter of a shorter ack deadline
     startup_timeout_seconds: int = 900  # image pull + weight load + CUDA graphs before /readyz is 200
     gpu_zonal_redundancy: bool = False  # False is cheaper and best effort (separate quota)
@@ -119,7 +127,7 @@ class Settings:
     min_backoff_seconds: int = 10
     max_backoff_seconds: int = 600
     # Store
-    results_retention_days: int = 30  # ≥ the longest job ttl (30 days)
+    results_retention_days: int = MAX_TTL_SECONDS // 86400  # the longest job ttl
     batch_retention_days: int = 30
     force_destroy_buckets: bool = False  # True lets `pulumi destroy` delete buckets that hold data
     # API functions
@@ -128,12 +136,12 @@ class Settings:
     # How the functions authenticate callers: "api_key" (keys in Firestore `api_keys`, created with
     # `python -m scripts.api_keys`) or "iam" (Google ID tokens checked by IAM; needs non-public invokers).
     api_auth_mode: str = "api_key"
-    quota_submissions_per_minute: int = 600  # per tenant; 0: no limit
-    quota_queued_jobs: int = 10_000  # per tenant; 0: no limit
+    quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE  # per tenant; 0: no limit
+    quota_queued_jobs: int = QUOTA_QUEUED_JOBS  # per tenant; 0: no limit
     # Maintenance
     reconcile_schedule: str = "*/5 * * * *"
     reconcile_queued_seconds: int = 900  # longer than a GPU cold start, or every cold start republishes
-    reconcile_lease_lapsed_seconds: int = 120
+    reconcile_lease_lapsed_seconds: int = RECONCILE_LEASE_LAPSED_SECONDS
     # Nightly batch
     batch_schedule: str = "0 2 * * *"
     batch_time_zone: str = "Etc/UTC"

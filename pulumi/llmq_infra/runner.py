@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pulumi_gcp as gcp
 
 import pulumi
+from jobs.constants import MAX_WAITING_BATCH_PUSHES, STREAM_INTERVAL_SECONDS
 from llmq_infra.common import child_options, duration, firestore_condition
 
 GPU_TYPE = "nvidia-l4"
@@ -17,9 +18,6 @@ GPU_LIMIT = "nvidia.com/gpu"
 MODELS_MOUNT = "/models"
 PORT = 8080
 STARTUP_PROBE_PERIOD_SECONDS = 10
-
-# Batch pushes one runner instance holds while they wait for a batch slot (LLMQ_MAX_WAITING_BATCH_PUSHES).
-WAITING_BATCH_PUSHES = 16
 
 
 @dataclass
@@ -100,10 +98,10 @@ class Runner(pulumi.ComponentResource):
             "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
             "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
             "LLMQ_MAX_INFLIGHT": str(args.max_inflight),
-            "LLMQ_MAX_WAITING_BATCH_PUSHES": str(WAITING_BATCH_PUSHES),
+            "LLMQ_MAX_WAITING_BATCH_PUSHES": str(MAX_WAITING_BATCH_PUSHES),
             "LLMQ_LEASE_SECONDS": str(args.lease_seconds),
             "LLMQ_GENERATION_TIMEOUT_SECONDS": str(args.generation_timeout_seconds),
-            "LLMQ_STREAM_INTERVAL_SECONDS": "1",
+            "LLMQ_STREAM_INTERVAL_SECONDS": f"{STREAM_INTERVAL_SECONDS:g}",
         }
         # The startup probe covers the whole model load (the app answers /readyz 503 until the engine
         # is ready); Cloud Run routes no push to the instance before it passes.
@@ -126,7 +124,7 @@ class Runner(pulumi.ComponentResource):
                 timeout=duration(args.request_timeout_seconds),
                 # Batch pushes waiting for a batch slot hold requests too: they must never keep an
                 # interactive push out of the instance (runner/settings.py, max_waiting_batch_pushes).
-                max_instance_request_concurrency=args.max_inflight + WAITING_BATCH_PUSHES,
+                max_instance_request_concurrency=args.max_inflight + MAX_WAITING_BATCH_PUSHES,
                 scaling=gcp.cloudrunv2.ServiceTemplateScalingArgs(
                     min_instance_count=0,  # idle costs nothing: no GPU is billed without a request
                     max_instance_count=args.max_instances,

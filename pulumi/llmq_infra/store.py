@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 import pulumi_gcp as gcp
 
 import pulumi
+from jobs.constants import JOBS_COLLECTION as JOBS
+from jobs.constants import REQUEST_SUBCOLLECTION as REQUEST  # jobs/{id}/request/body (a collection group)
+from jobs.constants import TTL_FIELD
 from llmq_infra.common import child_options
 
-JOBS = "jobs"
-BATCHES = "batches"
-REQUEST = "request"  # jobs/{id}/request/body: the durable copy of the request (a collection group)
+BATCHES = "batches"  # jobs.adapters.batch_store's collection
 
 # Timestamps on `jobs` no query filters on by themselves. Firestore indexes every field by
 # default, and an indexed, ever-increasing value caps a collection at ~500 writes/s (hotspot):
@@ -120,7 +121,7 @@ class Store(pulumi.ComponentResource):
                 project=args.project,
                 database=args.database,
                 collection=collection,
-                field="expire_at",
+                field=TTL_FIELD,
                 ttl_config=gcp.firestore.FieldTtlConfigArgs(),
                 index_config=gcp.firestore.FieldIndexConfigArgs(),
                 opts=chained(),

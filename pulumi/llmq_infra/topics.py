@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import pulumi_gcp as gcp
 
 import pulumi
+from jobs.constants import BATCH_TOPIC_SUFFIX
 from llmq_infra.common import child_options
 
 
@@ -28,7 +29,7 @@ class Topics(pulumi.ComponentResource):
     pubsub_agent_member: pulumi.Output[str]  # serviceAccount:service-<number>@gcp-sa-pubsub.iam.gserviceaccount.com
 
     def __init__(self, name: str, args: TopicsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        batch_jobs_topic = args.batch_jobs_topic or f"{args.jobs_topic}-batch"
+        batch_jobs_topic = args.batch_jobs_topic or f"{args.jobs_topic}{BATCH_TOPIC_SUFFIX}"
         if len({args.jobs_topic, batch_jobs_topic, args.dead_letter_topic}) != 3:
             raise ValueError("Topics: the jobs, batch jobs and dead-letter topics must differ")
         super().__init__("llmq:infra:Topics", name, None, opts)
