@@ -1,6 +1,7 @@
 """Serve one Cloud Function locally: functions-framework's own app (`create_app`, as in Cloud
 Functions) in a single threaded process, so that one pid serves the port (gunicorn, the framework's
-default server, would add a supervisor process)."""
+default server, would add a supervisor process). The local stack hands it an already listening socket
+(`--fd`, see scripts/processes.py); `--port` binds one here."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from functions_framework import create_app
 from werkzeug.serving import ThreadedWSGIServer
 
 from jobs.logs import configure_logging
+from scripts.processes import LISTEN_BACKLOG
 
 
 class _Server(ThreadedWSGIServer):
-    # The listen backlog: 500 clients connecting at once overflow werkzeug's 128, and a connection dropped
-    # from a full backlog surfaces at the client as a read error (25 of 2,000 submissions at 500 clients).
-    request_queue_size = 4096
+    # The listen backlog where this process binds (--port); an inherited socket (--fd) already listens with it.
+    request_queue_size = LISTEN_BACKLOG
 
 
 def main() -> None:
@@ -26,10 +27,12 @@ def main() -> None:
     parser.add_argument("--target", required=True)
     parser.add_argument("--source", required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--port", type=int)
+    where.add_argument("--fd", type=int, help="serve this inherited listening socket instead of binding a port")
     args = parser.parse_args()
     configure_logging()
-    server = _Server(args.host, args.port, create_app(args.target, args.source))
+    server = _Server(args.host, args.port or 0, create_app(args.target, args.source), fd=args.fd)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
