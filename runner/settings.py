@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from jobs import constants
 from jobs.push_auth import GOOGLE_CERTS_URL
 
 
@@ -34,10 +35,10 @@ class RunnerSettings(BaseSettings):
     # vLLM only: skip torch.compile and CUDA graphs. Measured here on CPU with the tiny model: ready in 20.7 s
     # eager against 46.6 s compiled; the local stack runs eager, production compiles (False).
     enforce_eager: bool = False
-    max_concurrency: int = 32  # sequences the engine runs at once (vLLM max_num_seqs)
+    max_concurrency: int = constants.MAX_CONCURRENCY  # sequences the engine runs at once (vLLM max_num_seqs)
     # Push requests one instance accepts; beyond it the runner answers 429 at once. Somewhat more
     # than max_concurrency, so the engine never idles between requests.
-    max_inflight: int = 48
+    max_inflight: int = constants.MAX_INFLIGHT
     # Of those, the slots only `interactive` jobs may take: `batch` jobs are answered 429 (and redelivered
     # after the subscription's backoff) once max_inflight - interactive_reserved_slots are in hand, so an
     # interactive job always finds a slot, and the engine's priority scheduling runs it first.
@@ -47,7 +48,7 @@ class RunnerSettings(BaseSettings):
     # subscription's backoff (10 s and more in production; the emulator holds it back for minutes). The
     # runner's Cloud Run concurrency is max_inflight + max_waiting_batch_pushes, so waiting batch pushes never
     # keep an interactive push out.
-    max_waiting_batch_pushes: int = 16
+    max_waiting_batch_pushes: int = constants.MAX_WAITING_BATCH_PUSHES
     batch_wait_seconds: float = 30.0
 
     # A delivery holds a job under a lease it renews while generating; a crashed runner's job is
@@ -65,7 +66,7 @@ class RunnerSettings(BaseSettings):
     health_check_interval_seconds: float = 5.0
 
     # Partial output of `stream` jobs is written at most this often (Firestore: ~1 write/s/doc).
-    stream_interval_seconds: float = 1.0
+    stream_interval_seconds: float = constants.STREAM_INTERVAL_SECONDS
 
     @model_validator(mode="after")
     def _batch_keeps_a_slot(self) -> RunnerSettings:

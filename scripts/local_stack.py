@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from jobs import constants
 from scripts.processes import STACK_MARKER, ManagedProcess, free_port, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,11 +76,13 @@ class StackConfig:
 
     @property
     def interactive_topics(self) -> list[str]:
-        return ["jobs"] if self.push_topics <= 1 else [f"jobs-{i}" for i in range(self.push_topics)]
+        base = constants.JOBS_TOPIC
+        return [base] if self.push_topics <= 1 else [f"{base}-{i}" for i in range(self.push_topics)]
 
     @property
     def batch_priority_topics(self) -> list[str]:
-        return ["jobs-batch"] if self.push_topics <= 1 else [f"jobs-batch-{i}" for i in range(self.push_topics)]
+        base = constants.JOBS_TOPIC + constants.BATCH_TOPIC_SUFFIX
+        return [base] if self.push_topics <= 1 else [f"{base}-{i}" for i in range(self.push_topics)]
 
     @property
     def topics(self) -> list[str]:
@@ -88,7 +91,7 @@ class StackConfig:
 
     @property
     def dead_letter_topic(self) -> str:
-        return "jobs-dead-letter"
+        return constants.JOBS_TOPIC + constants.DEAD_LETTER_TOPIC_SUFFIX
 
 
 class LocalStack:
