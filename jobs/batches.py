@@ -4,6 +4,11 @@
 Input line:  {"custom_id": str, "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body": {...}}
 Output line: {"id", "custom_id", "response": {"status_code": 200, "request_id", "body": <OpenAI response>}, "error": null}
 Error line:  {"id", "custom_id" (null if the line could not be parsed), "response": null, "error": {"code", "message", "line"}}
+
+Every change of a `batches/{id}` document is one of the pure decisions at the end of this module
+(`BatchRecord -> BatchRecord | None`, None: leave it), applied by `BatchStore.update`; every status
+change in them goes through `jobs.batch_state.transition()`. The API (jobs/batch_service.py), the batch
+runner (runner/batch.py) and the reconciler are the only callers; the nightly workflow goes through the API.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jobs.batch_state import RESUMABLE, BatchStatus, transition
 from jobs.models import JobRequest, Usage
 from jobs.results import openai_response
 
@@ -30,24 +36,6 @@ DEFAULT_BATCH_TTL_SECONDS = 30 * 86400
 # Options of POST /v1/jobs that mean nothing for a line of a batch: rejected rather than silently ignored.
 JOB_ONLY_FIELDS = ("priority", "ttl_seconds", "idempotency_key", "deadline_seconds")
 _BATCH_ID = re.compile(r"^batch_[A-Za-z0-9_-]{1,64}$")
-
-
-class BatchStatus(str, Enum):
-    VALIDATING = "validating"  # created; the input is being read and checked (or the runner has not started)
-    IN_PROGRESS = "in_progress"  # requests are running; request_counts grow
-    FINALIZING = "finalizing"  # all requests done; output and error files are being completed
-    COMPLETED = "completed"  # output.jsonl and errors.jsonl are final; final
-    FAILED = "failed"  # the input could not be processed at all (`error` says why); a rerun may resume it
-    CANCELLING = "cancelling"  # cancel asked: no new requests start, running ones finish
-    CANCELLED = "cancelled"  # stopped early; finished lines are kept, the rest are `batch_cancelled` errors; final
-
-    @property
-    def is_final(self) -> bool:
-        return self in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED)
-
-    @property
-    def stops_new_requests(self) -> bool:
-        return self in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
 
 
 class ErrorCode(str, Enum):
@@ -284,12 +272,28 @@ def output_uris(prefix: str) -> tuple[str, str]:
 
 
 def with_status(record: BatchRecord, status: BatchStatus, *, now: datetime, **changes: Any) -> BatchRecord:
-    """The record moved to `status`, stamping `<status>_at` the first time it is reached."""
+    """The record moved to `status` (checked by `transition()`; the same status is a plain update),
+    stamping `<status>_at` the first time it is reached. Raises InvalidBatchTransition."""
+    if status is not record.status:
+        transition(record.status, status)
     update: dict[str, Any] = {"status": status, "updated_at": now, **changes}
     stamp = f"{status.value}_at"
     if stamp in BatchRecord.model_fields and getattr(record, stamp) is None:
         update[stamp] = now
     return record.model_copy(update=update)
+
+
+def _walk(record: BatchRecord, path: tuple[BatchStatus, ...], *, now: datetime, **changes: Any) -> BatchRecord:
+    """Move along `path` from wherever the record is on it (from its start if it is not on it), one
+    allowed transition at a time, so each `<status>_at` on the way is stamped."""
+    start = path.index(record.status) + 1 if record.status in path else 0
+    for status in path[start:]:
+        record = with_status(record, status, now=now)
+    return record.model_copy(update=changes) if changes else record
+
+
+_TO_COMPLETED = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED)
+_TO_CANCELLED = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
 
 
 def with_task_counts(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int,
@@ -299,6 +303,85 @@ def with_task_counts(record: BatchRecord, *, task_index: int, counts: RequestCou
     aggregate = RequestCounts(total=total, completed=sum(c.completed for c in tasks.values()),
                               failed=sum(c.failed for c in tasks.values()))
     return record.model_copy(update={"task_counts": tasks, "request_counts": aggregate, "updated_at": now})
+
+
+def with_execution(record: BatchRecord, handle: str) -> BatchRecord:
+    """Remember the launcher's handle (no status change)."""
+    return record.model_copy(update={"execution": handle})
+
+
+def resume(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
+    """A rerun of a batch that ended failed or completed: back to validating, the error cleared (the
+    runner then skips what is done and retries the rest). None for any other status: an open batch is
+    someone's to finish, a cancelled one stays cancelled."""
+    if record.status not in RESUMABLE:
+        return None
+    return with_status(record, BatchStatus.VALIDATING, now=now, error=None)
+
+
+def resume_failed(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
+    """The API asked again for an object version's batch (the nightly run, the next night): a failed one
+    is resumed (and started again by the caller); any other is left as it is — an open one is being
+    worked on, a completed or cancelled one is done."""
+    return resume(record, now=now) if record.status is BatchStatus.FAILED else None
+
+
+def start_requests(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int, now: datetime,
+                   **uris: Any) -> BatchRecord:
+    """A runner task starts on its requests: its counts and the URIs recorded, the batch in_progress —
+    unless a cancel is under way (kept), or it is there already (a sibling task). A batch that ended
+    meanwhile (the reconciler gave it up as `runner_lost` while the model loaded) is resumed: this
+    runner is working on it after all."""
+    record = with_task_counts(record, task_index=task_index, counts=counts, total=total, now=now)
+    if record.status.stops_new_requests or record.status is BatchStatus.IN_PROGRESS:
+        return record.model_copy(update=uris)
+    if record.status in RESUMABLE:
+        record = with_status(record, BatchStatus.VALIDATING, now=now, error=None)
+    return with_status(record, BatchStatus.IN_PROGRESS, now=now, **uris)
+
+
+def begin_finalizing(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
+    """Every task is done and the parts are being merged: in_progress → finalizing. None otherwise (a
+    cancel, or a batch already past it)."""
+    if record.status is not BatchStatus.IN_PROGRESS:
+        return None
+    return with_status(record, BatchStatus.FINALIZING, now=now)
+
+
+def finish_requests(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int, now: datetime,
+                    final_files: bool, cancelled: bool) -> BatchRecord:
+    """A runner task is done. Its counts always; and, from the task that wrote the final files, the
+    batch's end: cancelled if a cancel stopped it, else completed (through finalizing). A batch already
+    final keeps its status."""
+    record = with_task_counts(record, task_index=task_index, counts=counts, total=total, now=now)
+    if not final_files or record.status.is_final:
+        return record
+    if cancelled or record.status.stops_new_requests:
+        return _walk(record, _TO_CANCELLED, now=now)
+    return _walk(record, _TO_COMPLETED, now=now)
+
+
+def fail_input(record: BatchRecord, *, code: str, message: str, counts: RequestCounts, now: datetime,
+               **uris: Any) -> BatchRecord:
+    """The input as a whole is unusable (missing, no valid line): failed, with the reason. A batch being
+    cancelled ends cancelled instead (nothing ran), with the same reason."""
+    error = BatchErrorInfo(code=code, message=message)
+    if record.status.stops_new_requests:
+        return _walk(record, _TO_CANCELLED, now=now, error=error, request_counts=counts, **uris)
+    if record.status is BatchStatus.COMPLETED:
+        record = with_status(record, BatchStatus.VALIDATING, now=now)
+    return with_status(record, BatchStatus.FAILED, now=now, error=error, request_counts=counts, **uris)
+
+
+LAUNCH_FAILED = "launch_failed"
+
+
+def launch_failed(record: BatchRecord, *, now: datetime, message: str) -> BatchRecord | None:
+    """A batch resumed for a rerun whose runner could not be started: back to failed, so the next rerun
+    tries again. None if something else moved it meanwhile."""
+    if record.status is not BatchStatus.VALIDATING:
+        return None
+    return with_status(record, BatchStatus.FAILED, now=now, error=BatchErrorInfo(code=LAUNCH_FAILED, message=message))
 
 
 def cancel(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
@@ -360,7 +443,9 @@ class BatchStore(Protocol):
 class BatchInputs(Protocol):
     """The batch bucket, as the API needs it."""
 
-    def exists(self, uri: str) -> bool: ...
+    def exists(self, uri: str, *, generation: str | None = None) -> bool:
+        """Whether the object exists (with `generation`: that version of it is the live one)."""
+        ...
 
     def upload(self, uri: str, data: bytes) -> None: ...
 

@@ -32,13 +32,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jobs import batches
 from jobs.adapters.batch_files import BatchFiles, Location, OutputLog
 from jobs.adapters.batch_store import ThrottledProgress
+from jobs.batch_state import BatchStatus
 from jobs.batches import (
-    BatchErrorInfo,
     BatchLine,
     BatchRecord,
-    BatchStatus,
     BatchStore,
     ErrorCode,
     LineError,
@@ -48,8 +48,6 @@ from jobs.batches import (
     output_line,
     parse_lines,
     task_share,
-    with_status,
-    with_task_counts,
 )
 from jobs.engine import Engine, EngineDead, EngineError, FinishReason, GenerationUpdate, PromptTooLong
 from jobs.errors import DependencyUnavailable
@@ -175,7 +173,7 @@ class BatchRunner:
                      if output.repaired_bytes else "")
             if todo and not self._cancel.is_set():
                 self._engine = await self._load_engine()
-            await self._set_status(BatchStatus.IN_PROGRESS, plan.total)
+            await self._start_requests(plan.total)
             started = time.monotonic()
             unstarted = await self._run_all(todo, output, plan.total) if self._engine is not None else todo
             seconds = time.monotonic() - started
@@ -183,8 +181,10 @@ class BatchRunner:
             self._state.failed.extend(LineError(item.line, item.custom_id, ErrorCode.BATCH_CANCELLED,
                                                 "the batch was cancelled before this request started")
                                       for item in unstarted)
-            if self._settings.task_count == 1:  # with parts, the task that merges them finalizes
-                await self._set_status(BatchStatus.FINALIZING, plan.total)
+            if self._settings.task_count == 1 and self._store is not None and self._batch_id is not None:
+                now = self._clock()  # with parts, the task that merges them finalizes
+                await asyncio.to_thread(self._store.update, self._batch_id,
+                                        lambda r: batches.begin_finalizing(r, now=now))
             await asyncio.to_thread(output.checkpoint)
         finally:
             output.close()
@@ -286,7 +286,7 @@ class BatchRunner:
     def _write_counts(self, counts: RequestCounts, total: int) -> None:
         assert self._store is not None and self._batch_id is not None
         now = self._clock()
-        self._store.update(self._batch_id, lambda r: with_task_counts(
+        self._store.update(self._batch_id, lambda r: batches.with_task_counts(
             r, task_index=self._settings.task_index, counts=counts, total=total, now=now))
 
     async def _watch_cancel(self) -> Callable[[], None] | None:
@@ -325,8 +325,8 @@ class BatchRunner:
             return False
         if self._store is not None and self._batch_id is not None:
             now = self._clock()
-            await asyncio.to_thread(self._store.update, self._batch_id, lambda r: None if (
-                r.status.stops_new_requests or r.status.is_final) else with_status(r, BatchStatus.FINALIZING, now=now))
+            await asyncio.to_thread(self._store.update, self._batch_id,
+                                    lambda r: batches.begin_finalizing(r, now=now))
         await asyncio.to_thread(self._merge, n)
         return True
 
@@ -350,26 +350,22 @@ class BatchRunner:
         if await asyncio.to_thread(self._store.create, fresh):
             return fresh
         record = await asyncio.to_thread(self._store.get, self._batch_id)
-        if record is not None and record.status is BatchStatus.FAILED:  # a rerun resumes a failed batch
-            record, _ = await asyncio.to_thread(self._store.update, self._batch_id, lambda r: r.model_copy(
-                update={"status": BatchStatus.VALIDATING, "error": None, "updated_at": now}))
+        if record is not None and record.status is not BatchStatus.CANCELLED:  # a rerun resumes a failed batch
+            resumed, _ = await asyncio.to_thread(self._store.update, self._batch_id,
+                                                 lambda r: batches.resume(r, now=now))
+            record = resumed or record
         return record
 
-    async def _set_status(self, status: BatchStatus, total: int) -> None:
+    async def _start_requests(self, total: int) -> None:
         if self._store is None or self._batch_id is None:
             return
         now, counts = self._clock(), self._counts(total)
+        await asyncio.to_thread(self._store.update, self._batch_id, lambda r: batches.start_requests(
+            r, task_index=self._settings.task_index, counts=counts, total=total, now=now, **self._uris()))
 
-        def mutate(record: BatchRecord) -> BatchRecord | None:
-            record = with_task_counts(record, task_index=self._settings.task_index, counts=counts, total=total,
-                                      now=now)
-            uris = {"input_uri": self._input.uri, "output_uri": self._output_file.uri,
-                    "error_uri": self._error_file.uri, "model": self._settings.model_name}
-            if record.status.stops_new_requests or record.status is status:
-                return record.model_copy(update=uris)  # keep a cancel (or a sibling task's status)
-            return with_status(record, status, now=now, **uris)
-
-        await asyncio.to_thread(self._store.update, self._batch_id, mutate)
+    def _uris(self) -> dict[str, str]:
+        return {"input_uri": self._input.uri, "output_uri": self._output_file.uri,
+                "error_uri": self._error_file.uri, "model": self._settings.model_name}
 
     async def _finish(self, total: int, cancelled: bool) -> BatchStatus:
         final_files = await self._finish_part()
@@ -378,14 +374,9 @@ class BatchRunner:
             return outcome
         now, counts = self._clock(), self._counts(total)
 
-        def mutate(record: BatchRecord) -> BatchRecord | None:
-            record = with_task_counts(record, task_index=self._settings.task_index, counts=counts, total=total,
-                                      now=now)
-            if not final_files or record.status.is_final:
-                return record
-            stopped = cancelled or record.status.stops_new_requests
-            finalizing = with_status(record, BatchStatus.FINALIZING, now=now)
-            return with_status(finalizing, BatchStatus.CANCELLED if stopped else BatchStatus.COMPLETED, now=now)
+        def mutate(record: BatchRecord) -> BatchRecord:
+            return batches.finish_requests(record, task_index=self._settings.task_index, counts=counts, total=total,
+                                           now=now, final_files=final_files, cancelled=cancelled)
 
         record, _ = await asyncio.to_thread(self._store.update, self._batch_id, mutate)
         return record.status if record is not None and final_files else outcome
@@ -396,9 +387,9 @@ class BatchRunner:
         if self._store is None or self._batch_id is None:
             return BatchOutcome(BatchStatus.FAILED, counts, error=message)
         now = self._clock()
-        await asyncio.to_thread(self._store.update, self._batch_id, lambda r: with_status(
-            r, BatchStatus.FAILED, now=now, error=BatchErrorInfo(code=code, message=message), request_counts=counts,
-            output_uri=self._output_file.uri, error_uri=self._error_file.uri))
+        await asyncio.to_thread(self._store.update, self._batch_id, lambda r: batches.fail_input(
+            r, code=code, message=message, counts=counts, now=now, output_uri=self._output_file.uri,
+            error_uri=self._error_file.uri))
         return BatchOutcome(BatchStatus.FAILED, counts, error=message, recorded=True)
 
 

@@ -1,0 +1,61 @@
+"""The batch state machine. Every status change of a `batches/{id}` document goes through
+`transition()` (via the decisions in jobs/batches.py), as every job's goes through jobs/state.py."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class BatchStatus(str, Enum):
+    VALIDATING = "validating"  # created; the input is being read and checked (or the runner has not started)
+    IN_PROGRESS = "in_progress"  # requests are running; request_counts grow
+    FINALIZING = "finalizing"  # all requests done; output and error files are being completed
+    COMPLETED = "completed"  # output.jsonl and errors.jsonl are final; final (a rerun may reopen it)
+    FAILED = "failed"  # the input could not be processed, or its runner was lost (`error` says which); a rerun resumes it
+    CANCELLING = "cancelling"  # cancel asked: no new requests start, running ones finish
+    CANCELLED = "cancelled"  # stopped early; finished lines are kept, the rest are `batch_cancelled` errors; final
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def stops_new_requests(self) -> bool:
+        return self in (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+
+
+FINAL_STATUSES = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED})
+# A rerun on the same output resumes these (skips what is done, retries the rest): they go back to validating.
+RESUMABLE = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED})
+
+_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
+    BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING}),
+    BatchStatus.IN_PROGRESS: frozenset({BatchStatus.FINALIZING, BatchStatus.FAILED, BatchStatus.CANCELLING}),
+    # finalizing -> in_progress: a retried task (its container was stopped while finalizing) runs again.
+    BatchStatus.FINALIZING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.COMPLETED, BatchStatus.FAILED,
+                                       BatchStatus.CANCELLING}),
+    # A cancel always ends cancelled: from the runner when its requests are done, or from the reconciler.
+    BatchStatus.CANCELLING: frozenset({BatchStatus.CANCELLED}),
+    BatchStatus.COMPLETED: frozenset({BatchStatus.VALIDATING}),
+    BatchStatus.FAILED: frozenset({BatchStatus.VALIDATING}),
+    BatchStatus.CANCELLED: frozenset(),
+}
+
+
+class InvalidBatchTransition(Exception):
+    def __init__(self, current: BatchStatus, target: BatchStatus) -> None:
+        super().__init__(f"batch cannot go from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: BatchStatus, target: BatchStatus) -> bool:
+    return target in _ALLOWED[current]
+
+
+def transition(current: BatchStatus, target: BatchStatus) -> BatchStatus:
+    """Return `target` if the move is allowed, else raise InvalidBatchTransition. Staying in the same
+    status is not a transition (a progress write); callers do not route it through here."""
+    if target not in _ALLOWED[current]:
+        raise InvalidBatchTransition(current, target)
+    return target
