@@ -1,5 +1,7 @@
-"""On-demand batches (POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel): HTTP-free
-and client-free use cases over the BatchStore, BatchInputs and BatchLauncher ports."""
+"""Batches over the API (POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel): HTTP-free
+and client-free use cases over the BatchStore, BatchInputs and BatchLauncher ports. The nightly workflow
+uses them too: `input_uri` + `input_generation` names one version of a bucket object, whose batch id is
+derived from it (`batches.nightly_batch_id`), so asking again returns that batch, or resumes it if it failed."""
 
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobs import batches
 from jobs.batches import BatchInputs, BatchLauncher, BatchRecord, BatchStore
-from jobs.errors import DependencyUnavailable, InvalidRequest, NotFound
+from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
 from jobs.models import MAX_METADATA_PAIRS, MetadataKey, MetadataValue
 from jobs.service import utcnow
 
 log = logging.getLogger(__name__)
 
 ONDEMAND_PREFIX = "inbox-ondemand/"  # where inline JSONL is stored, one object per batch
-# Inputs must not come from where the platform writes or the nightly run reads (it would run them twice).
-_RESERVED_PREFIXES = ("inbox/", "outbox/", "processed/", "failed/")
+NIGHTLY_PREFIX = "inbox/"  # the nightly run's input files
+# Inputs must not come from where the platform writes. The nightly run's inbox only with a generation:
+# that names the same batch the nightly run uses, so nothing runs twice.
+_RESERVED_PREFIXES = ("outbox/", "processed/", "failed/")
 
 
 class CreateBatchRequest(BaseModel):
@@ -30,6 +34,8 @@ class CreateBatchRequest(BaseModel):
 
     input_uri: str | None = Field(default=None, min_length=6, max_length=2048)
     input_jsonl: str | None = Field(default=None, min_length=1)
+    # With input_uri: that version of the object (its GCS generation); the batch id is derived from it.
+    input_generation: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
     completion_window: Literal["24h"] = "24h"  # OpenAI's field; accepted for compatibility
     metadata: dict[MetadataKey, MetadataValue] | None = None
 
@@ -37,6 +43,8 @@ class CreateBatchRequest(BaseModel):
     def _check(self) -> CreateBatchRequest:
         if (self.input_uri is None) == (self.input_jsonl is None):
             raise ValueError("exactly one of 'input_uri' and 'input_jsonl' is required")
+        if self.input_generation is not None and self.input_uri is None:
+            raise ValueError("'input_generation' needs 'input_uri'")
         if self.metadata is not None and len(self.metadata) > MAX_METADATA_PAIRS:
             raise ValueError(f"'metadata' takes at most {MAX_METADATA_PAIRS} pairs")
         return self
@@ -53,30 +61,76 @@ class BatchService:
         self._ttl = ttl_seconds
         self._clock = clock
 
-    def create(self, request: CreateBatchRequest, *, tenant: str) -> BatchRecord:
-        """Store the input (when inline), create `batches/{id}` (validating) and start the runner.
-        Raises InvalidRequest, DependencyUnavailable (nothing is left behind)."""
+    def create(self, request: CreateBatchRequest, *, tenant: str) -> tuple[BatchRecord, bool]:
+        """Store the input (when inline), create `batches/{id}` (validating) and start the runner. Returns
+        (batch, started). With `input_generation` the id is that object version's: if its batch exists it
+        is returned as it is (started False), or resumed and started again if it failed.
+        Raises InvalidRequest, IdempotencyConflict (another tenant's batch), DependencyUnavailable (nothing
+        is left behind)."""
+        if request.input_generation is not None:
+            assert request.input_uri is not None
+            return self._create_for_version(request.input_uri, request.input_generation, request, tenant=tenant)
         batch_id = batches.new_batch_id()
         inline = request.input_uri is None
         if request.input_uri is not None:
-            input_uri = self._check_input_uri(request.input_uri)
+            input_uri = self._check_input_uri(request.input_uri, generation=None)
         else:
             input_uri = f"gs://{self._bucket}/{ONDEMAND_PREFIX}{batch_id}.jsonl"
             assert request.input_jsonl is not None
             self._inputs.upload(input_uri, request.input_jsonl.encode())
-        output_prefix = f"gs://{self._bucket}/outbox/{batch_id}/"
-        record = BatchRecord.new(batch_id=batch_id, input_uri=input_uri, output_prefix=output_prefix, now=self._clock(),
-                                 tenant=tenant, source="api", metadata=dict(request.metadata or {}),
-                                 ttl_seconds=self._ttl)
+        record = self._new_record(batch_id, input_uri, request, tenant=tenant, source="api")
         try:
             if not self._store.create(record):  # a random id: never seen in practice
                 raise DependencyUnavailable("batch id collision; retry")
-            handle = self._launcher.launch(batch_id=batch_id, input_uri=input_uri, output_prefix=output_prefix)
         except DependencyUnavailable:
             self._undo(batch_id, input_uri if inline else None)
             raise
+        return self._launch(record, undo=lambda: self._undo(batch_id, input_uri if inline else None)), True
+
+    def _create_for_version(self, uri: str, generation: str, request: CreateBatchRequest, *,
+                            tenant: str) -> tuple[BatchRecord, bool]:
+        input_uri = self._check_input_uri(uri, generation=generation)
+        name = input_uri[len(f"gs://{self._bucket}/"):]
+        batch_id = batches.nightly_batch_id(self._bucket, name, generation)
+        source = "nightly" if name.startswith(NIGHTLY_PREFIX) else "api"
+        record = self._new_record(batch_id, input_uri, request, tenant=tenant, source=source)
+        if self._store.create(record):
+            return self._launch(record, undo=lambda: self._undo(batch_id, None)), True
+        existing = self._store.get(batch_id)
+        if existing is None:  # deleted between the two calls (an undo): the caller's retry creates it
+            raise DependencyUnavailable("the batch is being removed; retry")
+        if existing.tenant != tenant:
+            raise IdempotencyConflict("this object version is another caller's batch", code="batch_exists")
+        now = self._clock()
+        resumed, changed = self._store.update(batch_id, lambda current: batches.resume_failed(current, now=now))
+        if not changed or resumed is None:
+            return existing if resumed is None else resumed, False
+        message = "the batch runner could not be started again"
+        return self._launch(resumed, undo=lambda: self._store.update(
+            batch_id, lambda current: batches.launch_failed(current, now=self._clock(), message=message))), True
+
+    def _new_record(self, batch_id: str, input_uri: str, request: CreateBatchRequest, *, tenant: str,
+                    source: str) -> BatchRecord:
+        return BatchRecord.new(batch_id=batch_id, input_uri=input_uri, output_prefix=self._output_prefix(batch_id),
+                               now=self._clock(), tenant=tenant, source=source,
+                               metadata=dict(request.metadata or {}), ttl_seconds=self._ttl)
+
+    def _output_prefix(self, batch_id: str) -> str:
+        return f"gs://{self._bucket}/outbox/{batch_id}/"
+
+    def _launch(self, record: BatchRecord, *, undo: Callable[[], object]) -> BatchRecord:
+        """Start the runner for `record`; on failure `undo` and raise DependencyUnavailable."""
         try:
-            updated, _ = self._store.update(batch_id, lambda r: r.model_copy(update={"execution": handle}))
+            handle = self._launcher.launch(batch_id=record.id, input_uri=record.input_uri,
+                                           output_prefix=self._output_prefix(record.id))
+        except DependencyUnavailable:
+            try:
+                undo()
+            except DependencyUnavailable:
+                log.error("could not undo batch %s after a failed launch", record.id)
+            raise
+        try:
+            updated, _ = self._store.update(record.id, lambda r: batches.with_execution(r, handle))
         except DependencyUnavailable:
             updated = None  # the batch runs regardless; the handle is only for operators
         return updated or record
@@ -98,15 +152,16 @@ class BatchService:
             raise NotFound(f"batch {batch_id} not found")
         return record
 
-    def _check_input_uri(self, uri: str) -> str:
+    def _check_input_uri(self, uri: str, *, generation: str | None) -> str:
         prefix = f"gs://{self._bucket}/"
         name = uri[len(prefix):] if uri.startswith(prefix) else ""
-        if not name or name.endswith("/") or name.startswith(_RESERVED_PREFIXES):
+        reserved = _RESERVED_PREFIXES if generation is not None else (*_RESERVED_PREFIXES, NIGHTLY_PREFIX)
+        if not name or name.endswith("/") or name.startswith(reserved):
             raise InvalidRequest(
-                f"input_uri must be an object in the batch bucket ({prefix}...), outside "
-                f"{', '.join(_RESERVED_PREFIXES)}",
+                f"input_uri must be an object in the batch bucket ({prefix}...), outside {', '.join(reserved)}"
+                + ("" if generation is not None else f" ({NIGHTLY_PREFIX} only with input_generation)"),
                 details=[{"field": "input_uri", "code": "invalid_uri", "message": f"an object under {prefix}"}])
-        if not self._inputs.exists(uri):
+        if not self._inputs.exists(uri, generation=generation):
             raise InvalidRequest(f"{uri} does not exist", code="input_not_found",
                                  details=[{"field": "input_uri", "code": "not_found", "message": "no such object"}])
         return uri
@@ -117,4 +172,4 @@ class BatchService:
             if inline_uri is not None:
                 self._inputs.delete(inline_uri)
         except DependencyUnavailable:
-            log.error("could not undo batch %s after a failed launch", batch_id)
+            log.error("could not undo batch %s", batch_id)

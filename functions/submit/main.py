@@ -68,8 +68,8 @@ def _submit(request: flask.Request, tenant: str) -> flask.Response:
 
 def _create_batch(request: flask.Request, tenant: str) -> flask.Response:
     create = read_model(request, CreateBatchRequest, max_bytes=api_settings().max_batch_body_bytes)
-    record = batch_service().create(create, tenant=tenant)
-    return json_response(record.view(), 202, {"Location": f"/v1/batches/{record.id}"})
+    record, started = batch_service().create(create, tenant=tenant)
+    return json_response(record.view(), 202 if started else 200, {"Location": f"/v1/batches/{record.id}"})
 
 
 def _require(request: flask.Request, method: str) -> None:

@@ -74,11 +74,17 @@ class BatchFiles:
             raise ValueError("gs:// locations need a storage client")
         return self._storage.bucket(location.bucket).blob(location.name)
 
-    def exists(self, location: Location) -> bool:
+    def exists(self, location: Location, *, generation: str | None = None) -> bool:
+        """Whether the file exists (for gs://, with `generation`: that version of the object is live)."""
         if not location.is_gcs:
             return Path(location.name).is_file()
         try:
-            return bool(self._blob(location).exists())
+            blob = self._blob(location)
+            if generation is None:
+                return bool(blob.exists())
+            return bool(blob.exists(if_generation_match=int(generation)))
+        except gexc.PreconditionFailed:
+            return False  # a newer upload replaced that version
         except _GCS_ERRORS as err:
             raise DependencyUnavailable("the batch bucket is unavailable") from err
 
@@ -242,8 +248,8 @@ class BucketInputs:
     def __init__(self, files: BatchFiles) -> None:
         self._files = files
 
-    def exists(self, uri: str) -> bool:
-        return self._files.exists(Location.parse(uri))
+    def exists(self, uri: str, *, generation: str | None = None) -> bool:
+        return self._files.exists(Location.parse(uri), generation=generation)
 
     def upload(self, uri: str, data: bytes) -> None:
         self._files.write_bytes(Location.parse(uri), data)
