@@ -82,7 +82,12 @@ class EngineError(Exception):
     """Base of engine failures."""
 
 
-class PromptTooLong(EngineError):
+class RequestRejected(EngineError, ValueError):
+    """The engine refused the request as invalid (its own validation, e.g. vLLM's): permanent for this job,
+    on the push path and in the batch runner alike. A ValueError too, as Python's validation errors are."""
+
+
+class PromptTooLong(RequestRejected):
     """The prompt (plus max_tokens) does not fit the model's context: permanent for this job."""
 
 
@@ -104,7 +109,8 @@ class Engine(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
         """Yield cumulative updates; the last one has finish_reason set.
 
-        Raises PromptTooLong before yielding if the prompt does not fit, EngineDead if the engine died.
+        Raises PromptTooLong before yielding if the prompt does not fit, RequestRejected for another invalid
+        request, EngineDead if the engine died; another EngineError is transient.
         Closing the iterator (or cancelling the consuming task) aborts the request in the engine.
         """
         ...

@@ -1,4 +1,4 @@
-"""Pure decisions about a job's life: claim, finish, fail, cancel.
+"""Pure decisions about a job's life: claim, lease, finish, fail, cancel.
 
 Each function takes the current document and returns the new one (or says why not); adapters apply
 them with a precondition, so the decisions are race-free wherever they run.
@@ -6,11 +6,11 @@ them with a precondition, so the decisions are race-free wherever they run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from jobs.models import JobErrorInfo, JobRecord, Usage
+from jobs.models import JobErrorCode, JobErrorInfo, JobRecord, Usage
 from jobs.state import JobStatus, transition
 
 
@@ -22,10 +22,33 @@ class ClaimOutcome(Enum):
 
 
 @dataclass(frozen=True)
+class Lease:
+    """One delivery's hold on a running job, as that delivery last wrote it. Nobody else can take the job
+    over before `expires_at`; the holder renews it every `renew_interval` while generating."""
+
+    owner: str
+    expires_at: datetime
+    seconds: float
+
+    @property
+    def renew_interval(self) -> float:
+        return self.seconds / 3  # two renewals may fail before the lease lapses
+
+    def extended(self, now: datetime) -> Lease:
+        return replace(self, expires_at=now + timedelta(seconds=self.seconds))
+
+    def needs_fence(self, now: datetime) -> bool:
+        """Before a write outside Firestore (the result object) the lease must outlast that write: renew
+        first when less than half of it is left."""
+        return self.expires_at - now <= timedelta(seconds=self.seconds / 2)
+
+
+@dataclass(frozen=True)
 class ClaimDecision:
     outcome: ClaimOutcome
     record: JobRecord | None = None  # the document to write: claimed (CLAIMED) or cancelled (EXPIRED)
     retry_after: float = 0.0  # for LEASED: seconds until the other lease expires
+    lease: Lease | None = None  # for CLAIMED: the lease this delivery now holds
 
 
 def decide_claim(
@@ -39,17 +62,18 @@ def decide_claim(
             return ClaimDecision(ClaimOutcome.LEASED, retry_after=(expires - now).total_seconds())
     if record.status is JobStatus.QUEUED and record.deadline_at is not None and now > record.deadline_at:
         return ClaimDecision(ClaimOutcome.EXPIRED, record=expire(record, now=now))
+    lease = Lease(owner=owner, expires_at=now + timedelta(seconds=lease_seconds), seconds=lease_seconds)
     claimed = record.model_copy(
         update={
             "status": transition(record.status, JobStatus.RUNNING),
             "started_at": record.started_at or now,
             "attempts": record.attempts + 1,
             "lease_owner": owner,
-            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "lease_expires_at": lease.expires_at,
             "runner_instance": instance,
         }
     )
-    return ClaimDecision(ClaimOutcome.CLAIMED, record=claimed)
+    return ClaimDecision(ClaimOutcome.CLAIMED, record=claimed, lease=lease)
 
 
 def expire(record: JobRecord, *, now: datetime) -> JobRecord:
@@ -59,13 +83,30 @@ def expire(record: JobRecord, *, now: datetime) -> JobRecord:
             "status": transition(record.status, JobStatus.CANCELLED),
             "finished_at": now,
             "finish_reason": "cancelled",
-            "error": JobErrorInfo(code="deadline_exceeded", message="the job did not start before its deadline"),
+            "error": JobErrorInfo(code=JobErrorCode.DEADLINE_EXCEEDED,
+                                  message="the job did not start before its deadline"),
         }
     )
 
 
 def holds_lease(record: JobRecord, owner: str) -> bool:
     return record.status is JobStatus.RUNNING and record.lease_owner == owner
+
+
+def renew(record: JobRecord, lease: Lease) -> JobRecord | None:
+    """Write the extended `lease`, only while its owner still holds the job (None: lost to a cancel or a
+    takeover, and the generation must stop)."""
+    if not holds_lease(record, lease.owner):
+        return None
+    return record.model_copy(update={"lease_expires_at": lease.expires_at})
+
+
+def release(record: JobRecord, *, owner: str, now: datetime) -> JobRecord | None:
+    """Hand a held job back at once (retryable trouble, shutdown), so the next delivery need not wait for
+    the lease to lapse. None if `owner` no longer holds it."""
+    if not holds_lease(record, owner):
+        return None
+    return record.model_copy(update={"lease_expires_at": now})
 
 
 def stream_output(record: JobRecord, *, owner: str, output: str) -> JobRecord | None:
@@ -103,7 +144,8 @@ def complete(record: JobRecord, *, owner: str, now: datetime, completion: Comple
     )
 
 
-def fail(record: JobRecord, *, now: datetime, code: str, message: str, owner: str | None = None) -> JobRecord | None:
+def fail(record: JobRecord, *, now: datetime, code: JobErrorCode, message: str,
+         owner: str | None = None) -> JobRecord | None:
     """Mark failed. With `owner`, only while that delivery holds the lease; finished jobs stay as they are."""
     if record.status.is_final or (owner is not None and not holds_lease(record, owner)):
         return None
@@ -160,4 +202,4 @@ def dead_letter(record: JobRecord, *, now: datetime, delivery_attempts: int | No
     if record.status is JobStatus.RUNNING and record.lease_expires_at is not None and record.lease_expires_at > now:
         return None
     attempts = f"after {delivery_attempts} delivery attempts" if delivery_attempts else "after its delivery attempts"
-    return fail(record, now=now, code="dead_lettered", message=f"the job could not be processed {attempts}")
+    return fail(record, now=now, code=JobErrorCode.DEAD_LETTERED, message=f"the job could not be processed {attempts}")

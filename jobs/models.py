@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic_core import PydanticCustomError
 
 from jobs.engine import ChatTurn, GenerationRequest, SamplingOptions
 from jobs.state import JobStatus
@@ -24,7 +26,16 @@ MAX_DEADLINE_SECONDS = 7 * 86400
 DEFAULT_TTL_SECONDS = 86400
 DEFAULT_MAX_TOKENS = 256
 
-MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def _storable_field_name(key: str) -> str:
+    # Metadata keys become Firestore field names, and Firestore reserves every name of the form __name__.
+    if key.startswith("__") and key.endswith("__") and len(key) >= 4:
+        raise PydanticCustomError("reserved_key", "keys of the form __name__ are reserved")
+    return key
+
+
+MetadataKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$"), AfterValidator(_storable_field_name)]
 MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH)]
 
@@ -118,8 +129,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class JobErrorCode(str, Enum):
+    """Why a job ended failed (or cancelled by its deadline): `error.code`, stable."""
+
+    INVALID_MESSAGE = "invalid_message"  # its Pub/Sub message could not be read
+    MODEL_NOT_SERVED = "model_not_served"  # it reached a runner that serves another model
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt + max_tokens past the model's context
+    REJECTED_BY_ENGINE = "rejected_by_engine"  # the engine's own validation refused the request
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # not started before deadline_seconds
+    DEAD_LETTERED = "dead_lettered"  # Pub/Sub gave up on its message
+    REQUEST_LOST = "request_lost"  # the reconciler found neither the message nor its durable copy
+
+
 class JobErrorInfo(BaseModel):
-    code: str
+    code: JobErrorCode
     message: str
 
 
@@ -164,25 +187,8 @@ class JobRecord(BaseModel):
         return self.model_dump(mode="python", exclude_none=False)
 
     def view(self) -> JobView:
-        return JobView(
-            id=self.id,
-            status=self.status,
-            model=self.model,
-            priority=self.priority,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            expire_at=self.expire_at,
-            attempts=self.attempts,
-            output=self.output,
-            finish_reason=self.finish_reason,
-            usage=self.usage,
-            result_uri=self.result_uri,
-            error=self.error,
-            metadata=self.metadata,
-            metrics=self.metrics,
-            deadline_at=self.deadline_at,
-        )
+        # The view is the record's public fields: derived, never copied, so a new field cannot be forgotten here.
+        return JobView.model_validate(self, from_attributes=True)
 
 
 class JobView(BaseModel):

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from jobs import batches, lifecycle
 from jobs.batches import BatchStatus, BatchStore
 from jobs.errors import DependencyUnavailable
-from jobs.models import JobRecord
+from jobs.models import JobErrorCode, JobRecord
 from jobs.ports import JobStore, Publisher
 from jobs.state import JobStatus
 
@@ -66,7 +66,7 @@ def reconcile(
             message = store.get_message(record.id)
             if message is None:
                 store.update(record.id, lambda current: lifecycle.fail(
-                    current, now=now, code="request_lost", message="the job's request could not be found"))
+                    current, now=now, code=JobErrorCode.REQUEST_LOST, message="the job's request could not be found"))
                 report.failed += 1
                 continue
             _, marked = store.update(record.id, lambda current, seen=record: _mark_republished(current, seen, now))

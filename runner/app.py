@@ -1,5 +1,9 @@
 """The runner's ASGI app: Pub/Sub push in, ack protocol out, plus health probes.
 
+`_answer` is the one place an `Outcome` becomes an HTTP status: 2xx acknowledges, 429/503 (with
+Retry-After) asks Pub/Sub to redeliver later, 400/401 refuses a push that can never be processed here (Pub/Sub
+retries it and dead-letters it for inspection). Every answer has the body `{"outcome": <reason>}`.
+
 The engine loads in the background after start-up, so the port answers at once: the startup
 probe (/readyz) reports 503 until the model is loaded, and so does a push that arrives early.
 """
@@ -12,7 +16,8 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -23,21 +28,39 @@ from starlette.routing import Route
 from jobs.adapters.clients import firestore_client, storage_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.gcs_results import GcsResultStore
+from jobs.adapters.push_auth import PushVerifier
 from jobs.engine import Engine, EngineDead
 from jobs.errors import DependencyUnavailable, Unauthenticated
 from jobs.logs import configure_logging
+from jobs.ports import JobStore, ResultStore
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
-from jobs.push_auth import PushVerifier
 from runner.engines import start_engine
-from runner.processor import JobProcessor, Outcome
+from runner.outcome import Disposition, Outcome
+from runner.processor import JobProcessor
 from runner.settings import RunnerSettings, runner_settings
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RunnerPorts:
+    engine: Engine
+    store: JobStore
+    results: ResultStore
+
+
+async def cloud_ports(settings: RunnerSettings) -> RunnerPorts:
+    """The runner's ports in production and in the local stack: the configured engine, Firestore and GCS."""
+    engine = await start_engine(settings)
+    store = FirestoreJobStore(firestore_client(settings.project, settings.database))
+    results = GcsResultStore(storage_client(settings.project), bucket=settings.results_bucket)
+    return RunnerPorts(engine=engine, store=store, results=results)
+
+
 class RunnerState:
-    def __init__(self, settings: RunnerSettings) -> None:
+    def __init__(self, settings: RunnerSettings, connect: Callable[[RunnerSettings], Awaitable[RunnerPorts]]) -> None:
         self.settings = settings
+        self._connect = connect
         self.engine: Engine | None = None
         self.processor: JobProcessor | None = None
         self.load_error: BaseException | None = None
@@ -45,10 +68,9 @@ class RunnerState:
 
     async def load(self) -> None:
         try:
-            engine = await start_engine(self.settings)
-            store = FirestoreJobStore(firestore_client(self.settings.project, self.settings.database))
-            results = GcsResultStore(storage_client(self.settings.project), bucket=self.settings.results_bucket)
-            processor = JobProcessor(store=store, results=results, engine=engine, settings=self.settings)
+            ports = await self._connect(self.settings)
+            engine = ports.engine
+            processor = JobProcessor(store=ports.store, results=ports.results, engine=engine, settings=self.settings)
             await processor.start()
             self.processor, self.engine = processor, engine
             log.info("engine ready", extra={"status": "ready"})
@@ -77,8 +99,10 @@ class RunnerState:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def create_app(settings: RunnerSettings | None = None) -> Starlette:
-    state = RunnerState(settings or runner_settings())
+def create_app(settings: RunnerSettings | None = None,
+               connect: Callable[[RunnerSettings], Awaitable[RunnerPorts]] = cloud_ports) -> Starlette:
+    """The ASGI app; `connect` builds the ports once the port is open (the fast tests pass in-memory ones)."""
+    state = RunnerState(settings or runner_settings(), connect)
     s = state.settings
     verifier = (PushVerifier(audience=s.push_audience, service_account=s.push_service_account,
                              certs_url=s.push_certs_url) if s.push_audience else None)
@@ -100,35 +124,38 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
                 await state.engine.shutdown()
 
     async def push(request: Request) -> Response:
+        outcome = await deliver(request)
+        if outcome.disposition in (Disposition.UNDELIVERABLE, Disposition.UNAUTHENTICATED):
+            log.warning("push refused: %s", outcome.reason)
+        return _answer(outcome)
+
+    async def deliver(request: Request) -> Outcome:
         if verifier is not None:
             try:
                 await asyncio.to_thread(verifier.verify, request.headers.get("authorization"))
             except Unauthenticated as err:
-                # Forged or misrouted: Pub/Sub retries and dead-letters it, which is intended.
-                log.warning("push rejected: %s", err.message)
-                return JSONResponse(err.to_body(), status_code=401)
+                return Outcome.unauthenticated(err.message)
             except DependencyUnavailable:
-                return _answer(Outcome.retry("token certificates unavailable"))
+                return Outcome.retry("token certificates unavailable")
         try:
             envelope = PushEnvelope.model_validate_json(await request.body())
         except ValidationError:
-            # No job to mark failed: refuse, so Pub/Sub dead-letters it for inspection.
-            return JSONResponse({"error": "not a Pub/Sub push envelope"}, status_code=400)
+            return Outcome.undeliverable("not a Pub/Sub push envelope")  # no job to mark failed
         if state.dead or state.processor is None:
-            return _answer(Outcome.retry("engine not ready", after=10))
+            return Outcome.retry("engine not ready", after=10)
         try:
             message = decode_job_message(envelope)
         except UnreadableMessage as err:
             if err.job_id is None:
-                return JSONResponse({"error": str(err)}, status_code=400)
-            return _answer(await state.processor.reject(err.job_id, str(err)))
+                return Outcome.undeliverable(str(err))
+            return await state.processor.reject(err.job_id, str(err))
         try:
             outcome = await state.processor.process(message)
         except EngineDead:
             state.die()
             outcome = Outcome.retry("engine died")
         log.info("push answered", extra={"job_id": message.job_id, "outcome": outcome.reason})
-        return _answer(outcome)
+        return outcome
 
     async def healthz(_request: Request) -> Response:
         if state.dead:
@@ -158,6 +185,16 @@ def create_app(settings: RunnerSettings | None = None) -> Starlette:
     )
 
 
+_STATUS = {
+    Disposition.DONE: 200,
+    Disposition.FAILED: 200,  # acknowledged: redelivering cannot help, and the document says why
+    Disposition.RETRY: 503,
+    Disposition.SATURATED: 429,
+    Disposition.UNDELIVERABLE: 400,
+    Disposition.UNAUTHENTICATED: 401,
+}
+
+
 def _answer(outcome: Outcome) -> Response:
     headers = {"Retry-After": str(int(outcome.retry_after))} if outcome.retry_after else None
-    return JSONResponse({"outcome": outcome.reason}, status_code=outcome.status, headers=headers)
+    return JSONResponse({"outcome": outcome.reason}, status_code=_STATUS[outcome.disposition], headers=headers)

@@ -1,8 +1,9 @@
 """One push delivery of one job: claim under a lease, generate, write the result, finish.
 
-The outcome is the ack protocol (CONTRACT §5): Ack (2xx: done or nothing to do) or Retry
-(429/503: Pub/Sub redelivers later). Every store call runs in a worker thread (the Google clients
-are synchronous) so the event loop keeps feeding the engine.
+Each delivery ends in a domain `Outcome` (runner/outcome.py); runner/app.py alone maps it onto the ack
+protocol. Engine errors are decided here on purpose: a request the engine rejects fails the job (as in the
+batch runner), a transient engine or dependency error asks for redelivery. Every store call runs in a
+worker thread (the Google clients are synchronous) so the event loop keeps feeding the engine.
 """
 
 from __future__ import annotations
@@ -13,39 +14,24 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
 
 from jobs import lifecycle
-from jobs.engine import Engine, FinishReason, GenerationUpdate, PromptTooLong
+from jobs.engine import Engine, EngineDead, EngineError, FinishReason, GenerationUpdate, PromptTooLong, RequestRejected
 from jobs.errors import DependencyUnavailable
-from jobs.lifecycle import ClaimDecision, ClaimOutcome, Completion
-from jobs.models import JobMessage, JobRecord, Usage
+from jobs.lifecycle import ClaimDecision, ClaimOutcome, Completion, Lease
+from jobs.models import JobErrorCode, JobMessage, JobRecord, Usage
 from jobs.ports import JobStore, ResultStore
 from jobs.results import document_output, openai_response
 from jobs.service import utcnow
+from runner.outcome import Outcome
 from runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: int  # HTTP status answered to Pub/Sub
-    reason: str
-    retry_after: float | None = None
-
-    @classmethod
-    def ack(cls, reason: str) -> Outcome:
-        return cls(200, reason)
-
-    @classmethod
-    def retry(cls, reason: str, *, status: int = 503, after: float = 5.0) -> Outcome:
-        return cls(status, reason, retry_after=max(1.0, after))
 
 
 class JobProcessor:
@@ -69,7 +55,7 @@ class JobProcessor:
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
         self.instance = f"runner-{uuid.uuid4().hex[:12]}"
         self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
-        self._leases: dict[str, datetime] = {}  # lease owner -> lease expiry as last written by us
+        self._leases: dict[str, Lease] = {}  # delivery -> its lease, as last written by that delivery
         self._stop_watching: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -97,10 +83,11 @@ class JobProcessor:
         return self._inflight
 
     async def process(self, message: JobMessage) -> Outcome:
-        # Backpressure: answer 429 rather than queue past the ack deadline; batch work leaves the reserved
+        """Raises EngineDead only (the instance must go); every other failure is an outcome."""
+        # Backpressure: refuse rather than queue past the ack deadline; batch work leaves the reserved
         # slots to interactive work, and waits a while for a slot of its own.
         if not await self._admit(message.request.priority):
-            return Outcome.retry("runner saturated", status=429, after=2)
+            return Outcome.saturated("runner saturated", after=2)
         self._inflight += 1
         owner = f"delivery-{uuid.uuid4().hex[:16]}"
         try:
@@ -108,6 +95,14 @@ class JobProcessor:
         except DependencyUnavailable as err:
             log.warning("dependency unavailable; asking for redelivery: %s", err, extra={"job_id": message.job_id})
             return Outcome.retry("dependency unavailable")
+        except EngineDead:
+            raise
+        except EngineError as err:  # transient by the port's contract: another delivery may succeed
+            log.warning("engine error; asking for redelivery: %s", err, extra={"job_id": message.job_id})
+            return Outcome.retry("engine error")
+        except Exception:  # a defect: redelivered until dead-lettered, and the document then says so
+            log.exception("unexpected error; asking for redelivery", extra={"job_id": message.job_id})
+            return Outcome.retry("unexpected error", after=10)
         finally:
             self._leases.pop(owner, None)
             self._inflight -= 1
@@ -141,11 +136,11 @@ class JobProcessor:
             now = self._clock()
             await self._call(
                 self._store.update, job_id,
-                lambda current: lifecycle.fail(current, now=now, code="invalid_message", message=reason),
+                lambda current: lifecycle.fail(current, now=now, code=JobErrorCode.INVALID_MESSAGE, message=reason),
             )
         except DependencyUnavailable:
             return Outcome.retry("dependency unavailable")
-        return Outcome.ack("rejected: invalid message")
+        return Outcome.failed("rejected: invalid message")
 
     async def _process(self, message: JobMessage, *, owner: str) -> Outcome:
         job_id = message.job_id
@@ -154,8 +149,9 @@ class JobProcessor:
             # This runner serves one model (its subscription filters on it): permanent for the job here.
             now = self._clock()
             await self._call(self._store.update, job_id, lambda current: lifecycle.fail(
-                current, now=now, code="model_not_served", message=f"model {message.model!r} is not served here"))
-            return Outcome.ack("failed: model not served")
+                current, now=now, code=JobErrorCode.MODEL_NOT_SERVED,
+                message=f"model {message.model!r} is not served here"))
+            return Outcome.failed("failed: model not served")
         try:
             decision = await self._claim(job_id, owner)
         except DependencyUnavailable:
@@ -167,24 +163,27 @@ class JobProcessor:
             raise
         if decision is None:
             # No document: expired by TTL, or the submit was undone after its publish failed.
-            return Outcome.ack("no such job")
+            return Outcome.done("no such job")
         if decision.outcome is ClaimOutcome.FINISHED:
-            return Outcome.ack("already finished")
+            return Outcome.done("already finished")
         if decision.outcome is ClaimOutcome.EXPIRED:
-            return Outcome.ack("deadline exceeded before start")
+            return Outcome.done("deadline exceeded before start")
         if decision.outcome is ClaimOutcome.LEASED:
-            return Outcome.retry("held by another delivery", status=429, after=decision.retry_after)
-        record = decision.record
-        assert record is not None and record.lease_expires_at is not None
-        self._leases[owner] = record.lease_expires_at
+            return Outcome.saturated("held by another delivery", after=decision.retry_after)
+        record, lease = decision.record, decision.lease
+        assert record is not None and lease is not None
+        self._leases[owner] = lease
         log.info("claimed", extra={"job_id": job_id, "delivery": owner, "attempt": record.attempts})
 
         try:
             update, timings = await self._generate(message, record, owner)
             return await self._finish(record, owner, update, timings)
         except PromptTooLong as err:
-            await self._fail(job_id, owner, "context_length_exceeded", str(err))
-            return Outcome.ack("failed: prompt too long")
+            await self._fail(job_id, owner, JobErrorCode.CONTEXT_LENGTH_EXCEEDED, str(err))
+            return Outcome.failed("failed: prompt too long")
+        except RequestRejected as err:
+            await self._fail(job_id, owner, JobErrorCode.REJECTED_BY_ENGINE, str(err)[:500])
+            return Outcome.failed("failed: rejected by the engine")
         except BaseException:
             # Retryable trouble, a dead engine or shutdown: hand the job back at once rather than
             # at lease expiry, so the redelivery can take it over.
@@ -263,7 +262,7 @@ class JobProcessor:
     async def _keep_lease(self, job_id: str, owner: str, request_id: str) -> None:
         """Renew the lease while generating; if it was lost (cancelled, taken over), abort."""
         while True:
-            await asyncio.sleep(self._settings.lease_seconds / 3)
+            await asyncio.sleep(self._leases[owner].renew_interval)
             try:
                 held = await self._renew(job_id, owner)
             except DependencyUnavailable:
@@ -275,24 +274,15 @@ class JobProcessor:
 
     async def _renew(self, job_id: str, owner: str) -> bool:
         """Extend this delivery's lease; False if it no longer holds the job."""
-        expires = self._clock() + timedelta(seconds=self._settings.lease_seconds)
-
-        def renew(current: JobRecord) -> JobRecord | None:
-            if not lifecycle.holds_lease(current, owner):
-                return None
-            return current.model_copy(update={"lease_expires_at": expires})
-
-        _, changed = await self._call(self._store.update, job_id, renew)
+        renewed = self._leases[owner].extended(self._clock())
+        _, changed = await self._call(self._store.update, job_id, lambda current: lifecycle.renew(current, renewed))
         if changed:
-            self._leases[owner] = expires
+            self._leases[owner] = renewed
         return changed
 
     async def _fence(self, job_id: str, owner: str) -> bool:
-        """Make sure no other delivery can take the job over while the result object is written:
-        nobody can before our lease lapses, so renew only when less than half of it is left."""
-        expires = self._leases.get(owner)
-        margin = timedelta(seconds=self._settings.lease_seconds / 2)
-        if expires is not None and expires - self._clock() > margin:
+        """Make sure no other delivery can take the job over while the result object is written."""
+        if not self._leases[owner].needs_fence(self._clock()):
             return True
         return await self._renew(job_id, owner)
 
@@ -315,7 +305,7 @@ class JobProcessor:
                 lambda current: lifecycle.record_partial(current, owner=owner, completion=partial),
             )
             log.info("aborted", extra={"job_id": record.id, "delivery": owner, "outcome": "cancelled"})
-            return Outcome.ack("cancelled" if changed else "lease lost")
+            return Outcome.done("cancelled" if changed else "lease lost")
 
         finish_reason = (update.finish_reason or FinishReason.STOP).value
         body = openai_response(
@@ -325,7 +315,7 @@ class JobProcessor:
         body["timings"] = timings
         # Fence: no other delivery may take the job over (and write its own object) while ours is written.
         if not await self._fence(record.id, owner):
-            return Outcome.ack("lease lost")
+            return Outcome.done("lease lost")
         # Deterministic object name: a retried finish overwrites, never duplicates.
         uri = await self._call(self._results.write_result, record.id, body)
         completion = Completion(
@@ -338,9 +328,9 @@ class JobProcessor:
         )
         log.info("finished" if changed else "lease lost before finish; result dropped",
                  extra={"job_id": record.id, "delivery": owner, "outcome": finish_reason})
-        return Outcome.ack("succeeded" if changed else "lease lost")
+        return Outcome.done("succeeded" if changed else "lease lost")
 
-    async def _fail(self, job_id: str, owner: str, code: str, message: str) -> None:
+    async def _fail(self, job_id: str, owner: str, code: JobErrorCode, message: str) -> None:
         now = self._clock()
         await self._call(
             self._store.update, job_id,
@@ -351,13 +341,7 @@ class JobProcessor:
     async def _release(self, job_id: str, owner: str) -> None:
         """Let the next delivery take the job over at once."""
         now = self._clock()
-
-        def release(current: JobRecord) -> JobRecord | None:
-            if not lifecycle.holds_lease(current, owner):
-                return None
-            return current.model_copy(update={"lease_expires_at": now})
-
-        await self._call(self._store.update, job_id, release)
+        await self._call(self._store.update, job_id, lambda current: lifecycle.release(current, owner=owner, now=now))
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)

@@ -9,7 +9,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import constants
-from jobs.push_auth import GOOGLE_CERTS_URL
+from jobs.adapters.push_auth import GOOGLE_CERTS_URL
 
 
 class RunnerSettings(BaseSettings):

@@ -62,6 +62,40 @@ def test_claim_respects_a_live_lease_and_takes_over_an_expired_one() -> None:
     assert expired.record.started_at == NOW  # the first start is kept
 
 
+def test_the_lease_is_renewed_fenced_and_released_only_by_its_holder() -> None:
+    claim = lifecycle.decide_claim(_record(), owner="a", instance="i", now=NOW, lease_seconds=30)
+    lease, running = claim.lease, claim.record
+    assert lease is not None and running is not None
+    assert lease.expires_at == running.lease_expires_at and lease.renew_interval == 10
+    # Fence: a write outside Firestore needs no renewal while more than half the lease is left.
+    assert not lease.needs_fence(NOW + timedelta(seconds=14))
+    assert lease.needs_fence(NOW + timedelta(seconds=15))
+    renewed = lease.extended(NOW + timedelta(seconds=10))
+    assert renewed.expires_at == NOW + timedelta(seconds=40) and renewed.owner == "a"
+    written = lifecycle.renew(running, renewed)
+    assert written is not None and written.lease_expires_at == renewed.expires_at
+    # Lost to a takeover or a cancel: no renewal, no release, and the holder must stop.
+    taken = lifecycle.decide_claim(running, owner="b", instance="i", now=NOW + timedelta(seconds=31),
+                                   lease_seconds=30).record
+    assert taken is not None
+    assert lifecycle.renew(taken, renewed) is None
+    assert lifecycle.release(taken, owner="a", now=NOW) is None
+    cancelled = lifecycle.cancel(running, now=NOW)
+    assert cancelled is not None and lifecycle.renew(cancelled, renewed) is None
+    released = lifecycle.release(running, owner="a", now=NOW + timedelta(seconds=5))
+    assert released is not None and released.lease_expires_at == NOW + timedelta(seconds=5)
+    assert lifecycle.decide_claim(released, owner="b", instance="i", now=NOW + timedelta(seconds=6),
+                                  lease_seconds=30).outcome is ClaimOutcome.CLAIMED
+
+
+def test_the_view_is_the_records_public_fields() -> None:
+    record = _record(lease_owner="secret-delivery", runner_instance="runner-1", metadata={"k": "v"})
+    view = record.view().to_json()
+    assert view["object"] == "job" and view["id"] == record.id and view["metadata"] == {"k": "v"}
+    assert "lease_owner" not in view and "runner_instance" not in view and "tenant" not in view
+    assert set(view) - {"object"} <= set(JobRecord.model_fields)
+
+
 @pytest.mark.parametrize("final", [JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED])
 def test_claim_of_a_finished_job_is_a_no_op(final: JobStatus) -> None:
     decision = lifecycle.decide_claim(_record(status=final), owner="a", instance="i", now=NOW, lease_seconds=30)

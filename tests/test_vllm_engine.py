@@ -32,6 +32,7 @@ from jobs.engine import (
     GenerationRequest,
     GenerationUpdate,
     PromptTooLong,
+    RequestRejected,
     SamplingOptions,
 )
 from runner.engines.vllm_engine import VllmEngine, engine_kwargs, sampling_kwargs
@@ -140,7 +141,7 @@ def test_sampling_kwargs_are_explicit() -> None:
         "max_tokens": 1, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
     # vLLM reads -1 as "no seed"; an API seed of -1 must stay deterministic.
     assert sampling_kwargs(SamplingOptions(max_tokens=1, seed=-1))["seed"] == -(2**63)
-    with pytest.raises(ValueError):
+    with pytest.raises(RequestRejected):
         sampling_kwargs(SamplingOptions(max_tokens=0))
 
 

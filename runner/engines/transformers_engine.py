@@ -42,6 +42,7 @@ from jobs.engine import (
     GenerationRequest,
     GenerationUpdate,
     PromptTooLong,
+    RequestRejected,
 )
 
 logger = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class TransformersEngine:
         manager, sampling = self._manager, request.sampling
         assert manager is not None  # check_health guarantees it
         if sampling.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
+            raise RequestRejected("max_tokens must be at least 1")
         if request.request_id in self._streams:
             raise ValueError(f"request {request.request_id!r} is already running")
         prompt_ids = self._encode(request)
@@ -310,7 +311,7 @@ class TransformersEngine:
             # The template writes its own BOS; adding special tokens again would double it.
             return list(tok(text, add_special_tokens=False)["input_ids"])
         if request.prompt is None:
-            raise ValueError("a request needs a prompt or messages")
+            raise RequestRejected("a request needs a prompt or messages")
         return list(tok(request.prompt)["input_ids"])
 
     def _to_update(

@@ -16,7 +16,7 @@ How requests map onto vLLM:
   - vLLM adds a random suffix to request ids internally and maps ours onto it, so `abort` takes the id we gave;
     it does not refuse duplicate ids, so this engine does (while the first is running).
 Errors: `EngineDeadError` → `EngineDead` (the instance must be replaced); a validation error about length →
-`PromptTooLong`; other validation errors propagate unchanged; finish_reason "error" (vLLM's retryable
+`PromptTooLong`, any other one → `RequestRejected` (both permanent for the job); finish_reason "error" (vLLM's retryable
 request-level failure) → `EngineError`.
 """
 
@@ -40,6 +40,7 @@ from jobs.engine import (
     GenerationRequest,
     GenerationUpdate,
     PromptTooLong,
+    RequestRejected,
     SamplingOptions,
 )
 from runner.settings import RunnerSettings
@@ -105,9 +106,9 @@ class EngineKwargs(TypedDict):
 
 
 def sampling_kwargs(options: SamplingOptions) -> SamplingKwargs:
-    """SamplingParams arguments for one request. Raises ValueError if max_tokens < 1."""
+    """SamplingParams arguments for one request. Raises RequestRejected if max_tokens < 1."""
     if options.max_tokens < 1:
-        raise ValueError("max_tokens must be at least 1")
+        raise RequestRejected("max_tokens must be at least 1")
     seed = _SEED_FOR_MINUS_ONE if options.seed == _VLLM_NO_SEED else options.seed
     return SamplingKwargs(
         max_tokens=options.max_tokens,
@@ -342,7 +343,7 @@ class VllmEngine:
         except self._vllm.validation_errors as err:
             if any(marker in str(err) for marker in _LENGTH_ERROR_MARKERS):
                 raise PromptTooLong(str(err)) from err
-            raise
+            raise RequestRejected(str(err)) from err
         except EngineError:
             raise
         except Exception as err:
@@ -369,7 +370,7 @@ class VllmEngine:
             # chat path encodes the same way.
             return list(tok.encode(rendered, add_special_tokens=False))
         if request.prompt is None:
-            raise ValueError("a request needs a prompt or messages")
+            raise RequestRejected("a request needs a prompt or messages")
         return list(tok.encode(request.prompt))
 
     def _to_update(self, output: RequestOutput, prompt_tokens: int) -> GenerationUpdate:
