@@ -11,21 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-from functools import cache
 
 import flask
 
-from jobs.adapters.api_key_store import FirestoreApiKeyStore
-from jobs.adapters.clients import firestore_client
-from jobs.auth import ApiKeyAuthenticator, bearer_token
+from jobs.adapters.wiring import authenticator
+from jobs.auth import bearer_token
 from jobs.errors import Unauthenticated
 from jobs.settings import api_settings
-
-
-@cache
-def _authenticator() -> ApiKeyAuthenticator:
-    settings = api_settings()
-    return ApiKeyAuthenticator(FirestoreApiKeyStore(firestore_client(settings.project, settings.database)))
 
 
 def caller_tenant(request: flask.Request) -> str:
@@ -34,7 +26,7 @@ def caller_tenant(request: flask.Request) -> str:
     authorization = request.headers.get("Authorization")
     if settings.auth_mode == "iam":
         return _iam_tenant(authorization, settings.iam_tenants)
-    return _authenticator().tenant_for(authorization)
+    return authenticator().tenant_for(authorization)
 
 
 def _iam_tenant(authorization: str | None, tenants: dict[str, str]) -> str:

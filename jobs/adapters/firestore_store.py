@@ -16,13 +16,14 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, OwnWrites, conditional_update
 from jobs.constants import JOBS_COLLECTION, REQUEST_SUBCOLLECTION
-from jobs.errors import DependencyUnavailable
+from jobs.errors import DependencyUnavailable, PayloadTooLarge
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation
 
 log = logging.getLogger(__name__)
 
 _UPDATE_ATTEMPTS = 8
+_MAX_STORED_MESSAGE_BYTES = 1_048_487  # Firestore's longest string value (measured on the emulator)
 
 
 def _document(record: JobRecord) -> dict[str, Any]:
@@ -41,12 +42,17 @@ class FirestoreJobStore:
         self._own_writes: OwnWrites[JobRecord] = OwnWrites()
 
     def create(self, record: JobRecord, message: JobMessage) -> bool:
+        """Raises PayloadTooLarge for a request Firestore cannot hold (a body within the API's limit may
+        still be: Firestore takes strings of at most 1,048,487 bytes)."""
+        body = message.model_dump_json()
+        if len(body.encode()) > _MAX_STORED_MESSAGE_BYTES:
+            raise PayloadTooLarge(f"the request takes more than {_MAX_STORED_MESSAGE_BYTES} bytes once stored")
         ref = self._jobs.document(record.id)
         batch = self._client.batch()
         batch.create(ref, _document(record))
         batch.create(
             ref.collection(REQUEST_SUBCOLLECTION).document("body"),
-            {"message": message.model_dump_json(), "expire_at": record.expire_at},
+            {"message": body, "expire_at": record.expire_at},
         )
         try:
             batch.commit(timeout=TIMEOUT, retry=RETRY)

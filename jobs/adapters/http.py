@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from jobs.errors import InvalidRequest, PayloadTooLarge, PlatformError, UnsupportedMediaType
+from jobs.validation import UNSUPPORTED_PARAMETER, field_errors, unsupported_fields
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,12 @@ def read_model(request: flask.Request, model: type[ModelT], *, max_bytes: int) -
 
 
 def validation_error(err: ValidationError) -> InvalidRequest:
-    """Field-level details for a pydantic error; an unknown field is `unsupported_parameter`, as OpenAI says."""
-    details: list[dict[str, Any]] = []
-    for e in err.errors(include_url=False, include_input=False):
-        field = _field_path(e["loc"])
-        code = "unsupported_parameter" if e["type"] == "extra_forbidden" else e["type"]
-        message = f"unrecognised request argument: {field}" if code == "unsupported_parameter" else e["msg"]
-        details.append({"field": field or None, "code": code, "message": message})
-    unsupported = [d for d in details if d["code"] == "unsupported_parameter"]
-    if unsupported:
-        names = ", ".join(str(d["field"]) for d in unsupported)
-        return InvalidRequest(f"unrecognised request argument(s): {names}", code="unsupported_parameter",
-                              details=details)
+    """The 400 for a body that does not fit its model, with the details of jobs/validation.py."""
+    errors = field_errors(err)
+    details = [e.as_detail() for e in errors]
+    if unsupported := unsupported_fields(errors):
+        return InvalidRequest(f"unrecognised request argument(s): {', '.join(unsupported)}",
+                              code=UNSUPPORTED_PARAMETER, details=details)
     return InvalidRequest("the request body is invalid", details=details)
 
 
@@ -113,20 +108,6 @@ def openapi_document() -> dict[str, Any]:
             if path.is_file():
                 return yaml.safe_load(path.read_text())
     raise FileNotFoundError("openapi.yaml not found")
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("str", "list[constrained-str]", "constrained-str", "function-after[_check_shape()]"):
-            continue  # pydantic's union branch names are not fields
-        elif isinstance(part, str) and "[" in part and "]" in part:
-            continue
-        else:
-            path += f".{part}" if path else str(part)
-    return path
 
 
 def _depth(value: Any, level: int = 1) -> int:

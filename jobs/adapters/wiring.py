@@ -1,49 +1,85 @@
-"""Builds the API's JobService and the stores from settings, once per process, on first use."""
+"""The API functions' composition root: builds the ports from settings (Firestore, Pub/Sub) and the services
+over them, once per process, on first use. `use_ports` swaps in other ports (the fast tests' in-memory ones)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from jobs.adapters.admission import Admission
+from jobs.adapters.api_key_store import FirestoreApiKeyStore
 from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.pubsub_publisher import PubSubPublisher
+from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
+from jobs.batches import BatchStore
 from jobs.logs import configure_logging
+from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota
 from jobs.service import JobService
 from jobs.settings import api_settings
 
 
+@dataclass(frozen=True)
+class ApiPorts:
+    jobs: JobStore
+    batches: BatchStore
+    publisher: Publisher
+    api_keys: ApiKeyStore
+
+
+_substitute: ApiPorts | None = None
+
+
+def use_ports(ports: ApiPorts | None) -> None:
+    """Serve the functions over `ports` from now on (None: back to the cloud clients); the services are rebuilt."""
+    global _substitute
+    _substitute = ports
+    for cached in (_ports, job_service, authenticator, admission):
+        cached.cache_clear()
+
+
 @lru_cache(maxsize=1)
-def job_store() -> FirestoreJobStore:
+def _ports() -> ApiPorts:
     configure_logging()
+    if _substitute is not None:
+        return _substitute
     settings = api_settings()
-    return FirestoreJobStore(firestore_client(settings.project, settings.database))
+    db = firestore_client(settings.project, settings.database)
+    publisher = PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
+                                batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
+    return ApiPorts(jobs=FirestoreJobStore(db), batches=FirestoreBatchStore(db), publisher=publisher,
+                    api_keys=FirestoreApiKeyStore(db))
 
 
-@lru_cache(maxsize=1)
-def batch_store() -> FirestoreBatchStore:
-    settings = api_settings()
-    return FirestoreBatchStore(firestore_client(settings.project, settings.database))
+def job_store() -> JobStore:
+    return _ports().jobs
 
 
-@lru_cache(maxsize=1)
-def publisher() -> PubSubPublisher:
-    settings = api_settings()
-    return PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
-                           batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
+def batch_store() -> BatchStore:
+    return _ports().batches
+
+
+def publisher() -> Publisher:
+    return _ports().publisher
 
 
 @lru_cache(maxsize=1)
 def job_service() -> JobService:
     settings = api_settings()
+    ports = _ports()
     return JobService(
-        store=job_store(), publisher=publisher(), catalog=settings.catalog,
+        store=ports.jobs, publisher=ports.publisher, catalog=settings.catalog,
         quota=Quota(submissions_per_minute=settings.quota_submissions_per_minute,
                     queued_jobs=settings.quota_queued_jobs),
         max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
     )
+
+
+@lru_cache(maxsize=1)
+def authenticator() -> ApiKeyAuthenticator:
+    return ApiKeyAuthenticator(_ports().api_keys)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,192 @@
+"""In-memory implementations of the ports, for the fast tier (no emulators, no JVM, no model).
+
+They keep the ports' contracts where the fast tests depend on them — create refuses an existing id, update
+applies a pure mutation atomically, a cancelled job held by an instance reaches that instance's listener,
+wait_until_final wakes on a change — and nothing else: the emulator suite checks the real adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jobs.auth import ApiKey
+from jobs.engine import (
+    EngineInfo,
+    EngineStats,
+    FinishReason,
+    GenerationRequest,
+    GenerationUpdate,
+    PromptTooLong,
+)
+from jobs.models import JobMessage, JobRecord
+from jobs.ports import Mutation
+from jobs.state import JobStatus
+
+
+class InMemoryJobStore:
+    def __init__(self) -> None:
+        self.records: dict[str, JobRecord] = {}
+        self.messages: dict[str, JobMessage] = {}
+        self._changed = threading.Condition()
+        self._cancel_listeners: list[tuple[str, Callable[[str, str], None]]] = []
+        self.waiting = threading.Event()  # set once a wait_until_final is waiting
+
+    def create(self, record: JobRecord, message: JobMessage) -> bool:
+        with self._changed:
+            if record.id in self.records:
+                return False
+            self.records[record.id], self.messages[record.id] = record, message
+            self._changed.notify_all()
+            return True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._changed:
+            return self.records.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        with self._changed:
+            self.records.pop(job_id, None)
+            self.messages.pop(job_id, None)
+
+    def update(self, job_id: str, mutate: Mutation) -> tuple[JobRecord | None, bool]:
+        with self._changed:
+            current = self.records.get(job_id)
+            if current is None:
+                return None, False
+            new = mutate(current)
+            if new is None or new == current:
+                return current, False
+            self.records[job_id] = new
+            self._changed.notify_all()
+            listeners = list(self._cancel_listeners)
+        if new.status is JobStatus.CANCELLED and current.status is not JobStatus.CANCELLED and new.lease_owner:
+            for instance, on_cancelled in listeners:
+                if new.runner_instance == instance:
+                    on_cancelled(job_id, new.lease_owner)
+        return new, True
+
+    def wait_until_final(self, job_id: str, timeout: float) -> JobRecord | None:
+        with self._changed:
+            self.waiting.set()
+            self._changed.wait_for(lambda: self._final(job_id), timeout=timeout)
+            return self.records.get(job_id)
+
+    def _final(self, job_id: str) -> bool:
+        record = self.records.get(job_id)
+        return record is not None and record.status.is_final
+
+    def get_message(self, job_id: str) -> JobMessage | None:
+        with self._changed:
+            return self.messages.get(job_id)
+
+    def watch_cancelled(self, instance: str, on_cancelled: Callable[[str, str], None]) -> Callable[[], None]:
+        entry = (instance, on_cancelled)
+        with self._changed:
+            self._cancel_listeners.append(entry)
+        return lambda: self._cancel_listeners.remove(entry)
+
+    def find_stale(self, *, queued_before: datetime, lease_expired_before: datetime, limit: int) -> list[JobRecord]:
+        with self._changed:
+            queued = [r for r in self.records.values() if r.status is JobStatus.QUEUED and r.created_at < queued_before]
+            running = [r for r in self.records.values() if r.status is JobStatus.RUNNING
+                       and r.lease_expires_at is not None and r.lease_expires_at < lease_expired_before]
+        return queued[:limit] + running[:limit]
+
+    def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
+        with self._changed:
+            return sum(1 for r in self.records.values() if r.tenant == tenant
+                       and (status is None or r.status.value == status)
+                       and (created_since is None or r.created_at >= created_since))
+
+
+class InMemoryPublisher:
+    def __init__(self) -> None:
+        self.published: list[JobMessage] = []
+        self.failing: Exception | None = None  # raised by publish while set
+
+    def publish(self, message: JobMessage) -> str:
+        if self.failing is not None:
+            raise self.failing
+        self.published.append(message)
+        return str(len(self.published))
+
+
+class InMemoryResultStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+
+    def write_result(self, job_id: str, body: dict[str, Any]) -> str:
+        self.objects[job_id] = body
+        return f"gs://memory/results/{job_id}.json"
+
+
+class InMemoryApiKeyStore:
+    def __init__(self, *keys: ApiKey) -> None:
+        self.keys = {key.key_hash: key for key in keys}
+
+    def get(self, key_hash: str) -> ApiKey | None:
+        return self.keys.get(key_hash)
+
+    def create(self, key: ApiKey) -> None:
+        self.keys[key.key_hash] = key
+
+    def revoke(self, key_hash: str, *, at: datetime) -> ApiKey | None:
+        return None
+
+    def list(self, tenant: str | None = None) -> list[ApiKey]:
+        return [k for k in self.keys.values() if tenant is None or k.tenant == tenant]
+
+
+@dataclass
+class InMemoryEngine:
+    """An engine double: one "word" per step for `max_tokens` steps (the prompt's words count as its
+    tokens), abort honoured between steps. `fail_with` is raised by the next generate() instead; `hold`,
+    when set, keeps every generation waiting before its first step until it is released."""
+
+    model: str = "tiny-llama"
+    max_model_len: int = 64
+    fail_with: BaseException | None = None
+    hold: asyncio.Event | None = None
+    started: list[str] = field(default_factory=list)
+    _aborted: set[str] = field(default_factory=set)
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo(model=self.model, max_model_len=self.max_model_len, max_concurrency=8)
+
+    @property
+    def stats(self) -> EngineStats:
+        return EngineStats(forward_passes=0, requests_started=len(self.started), tokens_generated=0, running=0)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationUpdate]:
+        if self.fail_with is not None:
+            raise self.fail_with
+        text = request.prompt if request.prompt is not None else " ".join(m.content for m in request.messages or ())
+        prompt_tokens = len(text.split())
+        if prompt_tokens + request.sampling.max_tokens > self.max_model_len:
+            raise PromptTooLong(f"{prompt_tokens} + {request.sampling.max_tokens} > {self.max_model_len}")
+        self.started.append(request.request_id)
+        if self.hold is not None:
+            await self.hold.wait()
+        words: list[str] = []
+        for step in range(request.sampling.max_tokens):
+            await asyncio.sleep(0)
+            if request.request_id in self._aborted:
+                yield GenerationUpdate(" ".join(words), prompt_tokens, len(words), FinishReason.ABORT)
+                return
+            words.append(f"w{step}")
+            done = FinishReason.LENGTH if step == request.sampling.max_tokens - 1 else None
+            yield GenerationUpdate(" ".join(words), prompt_tokens, len(words), done)
+
+    async def abort(self, request_id: str) -> None:
+        self._aborted.add(request_id)
+
+    async def check_health(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None

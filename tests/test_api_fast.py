@@ -1,0 +1,169 @@
+"""Fast tier: the submit and status functions through functions-framework's own test client, over in-memory
+ports (tests/memory.py, installed with jobs.adapters.wiring.use_ports): routing, authentication, the error
+mapping and the job's life as the API shows it. The emulator suite checks the same routes on real parts."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+import pytest
+from flask.testing import FlaskClient
+
+from jobs import lifecycle
+from jobs.adapters import wiring
+from jobs.auth import ApiKey, hash_key, new_key
+from jobs.errors import DependencyUnavailable
+from jobs.models import Usage
+from jobs.state import JobStatus
+from tests.memory import InMemoryApiKeyStore, InMemoryJobStore, InMemoryPublisher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Api:
+    def __init__(self) -> None:
+        self.key = new_key()
+        self.store, self.publisher = InMemoryJobStore(), InMemoryPublisher()
+        self.keys = keys = InMemoryApiKeyStore(ApiKey(key_hash=hash_key(self.key), tenant="acme", name="test",
+                                          created_at=datetime.now(UTC)))
+        wiring.use_ports(wiring.ApiPorts(jobs=self.store, batches=None, publisher=self.publisher,  # type: ignore[arg-type]
+                                         api_keys=keys))
+        self.submit = _client("submit")
+        self.status = _client("status")
+        self.auth = {"Authorization": f"Bearer {self.key}"}
+
+    def create(self, body: dict[str, Any] | None = None, **headers: str) -> Any:
+        return self.submit.post("/v1/jobs", json=body or {"prompt": "hello", "max_tokens": 4},
+                                headers={**self.auth, **headers})
+
+
+def _client(name: str) -> FlaskClient:
+    app = functions_framework.create_app(target=name, source=str(REPO / "functions" / name / "main.py"))
+    return app.test_client()
+
+
+@pytest.fixture()
+def api() -> Iterator[Api]:
+    yield Api()
+    wiring.use_ports(None)
+
+
+def test_submit_stores_publishes_and_the_status_function_reads_it_back(api: Api) -> None:
+    created = api.create()
+    assert created.status_code == 202, created.text
+    job = created.get_json()
+    assert created.headers["Location"] == f"/v1/jobs/{job['id']}" and job["status"] == "queued"
+    assert [m.job_id for m in api.publisher.published] == [job["id"]]
+    read = api.status.get(f"/v1/jobs/{job['id']}", headers=api.auth)
+    assert read.status_code == 200 and read.get_json() == job
+
+
+def test_an_idempotent_resubmission_returns_the_first_job(api: Api) -> None:
+    first = api.create(**{"Idempotency-Key": "k-1"})
+    again = api.create(**{"Idempotency-Key": "k-1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.get_json()["id"] == again.get_json()["id"] and len(api.publisher.published) == 1
+    conflict = api.create({"prompt": "something else"}, **{"Idempotency-Key": "k-1"})
+    assert conflict.status_code == 409 and conflict.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+@pytest.mark.parametrize(("body", "field", "code"), [
+    ({"prompt": ""}, "prompt", "string_too_short"),
+    ({"prompt": "x", "n": 2}, "n", "unsupported_parameter"),
+    ({"prompt": "x", "stop": [""]}, "stop[0]", "string_too_short"),
+    ({"prompt": "x", "metadata": {"bad key": "v"}}, "metadata.bad key", "string_pattern_mismatch"),
+    # Metadata keys become Firestore field names; Firestore reserves __name__-like ones.
+    ({"prompt": "x", "metadata": {"__name__": "v"}}, "metadata.__name__", "reserved_key"),
+    ({"prompt": "x", "metadata": {"__x__": "v"}}, "metadata.__x__", "reserved_key"),
+])
+def test_bad_input_is_a_400_with_field_details_and_writes_nothing(
+        api: Api, body: dict[str, Any], field: str, code: str) -> None:
+    answer = api.create(body)
+    assert answer.status_code == 400, answer.text
+    assert {"field": field, "code": code} in [{k: d[k] for k in ("field", "code")}
+                                             for d in answer.get_json()["error"]["details"]]
+    assert api.store.records == {} and api.publisher.published == []
+
+
+def test_a_failed_publish_undoes_the_submit_and_answers_503(api: Api) -> None:
+    api.publisher.failing = DependencyUnavailable("pubsub is down")
+    answer = api.create()
+    assert answer.status_code == 503 and int(answer.headers["Retry-After"]) >= 1
+    assert answer.get_json()["error"]["code"] == "unavailable" and api.store.records == {}
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer llmq_not-a-key", "Basic abc"])
+def test_no_or_bad_key_is_401_before_anything_is_read(api: Api, authorization: str | None) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = api.submit.post("/v1/jobs", json={"prompt": "x"}, headers=headers)
+    assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert api.store.records == {}
+
+
+@pytest.mark.parametrize("job_id", ["job_" + "0" * 32, "__x__", "..", "a" * 2000, "job_%2Fx"])
+def test_an_unknown_or_malformed_job_id_is_404(api: Api, job_id: str) -> None:
+    for answer in (api.status.get(f"/v1/jobs/{job_id}", headers=api.auth),
+                   api.submit.post(f"/v1/jobs/{job_id}/cancel", headers=api.auth)):
+        assert answer.status_code == 404, answer.text
+        assert answer.get_json()["error"]["code"] == "not_found"
+
+
+def test_another_tenants_job_is_404(api: Api) -> None:
+    job = api.create().get_json()
+    other = new_key()
+    api.keys.create(ApiKey(key_hash=hash_key(other), tenant="other", name="t", created_at=datetime.now(UTC)))
+    answer = api.status.get(f"/v1/jobs/{job['id']}", headers={"Authorization": f"Bearer {other}"})
+    assert answer.status_code == 404
+
+
+def test_cancel_ends_a_queued_job_and_wait_returns_once_it_is_final(api: Api) -> None:
+    job = api.create().get_json()
+    cancelled = api.submit.post(f"/v1/jobs/{job['id']}/cancel", headers=api.auth)
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    waited = api.status.get(f"/v1/jobs/{job['id']}?wait=5", headers=api.auth)
+    assert waited.get_json()["status"] == "cancelled"
+
+
+def test_wait_holds_until_the_job_finishes(api: Api) -> None:
+    job = api.create().get_json()
+    now = datetime.now(UTC)
+    claimed = lifecycle.decide_claim(api.store.records[job["id"]], owner="d", instance="i", now=now, lease_seconds=30)
+    assert claimed.record is not None
+    api.store.records[job["id"]] = claimed.record
+    completion = lifecycle.Completion(output="out", finish_reason="stop", usage=Usage(
+        prompt_tokens=1, completion_tokens=1, total_tokens=2), result_uri=None, metrics={})
+
+    def finish_once_waited_on() -> None:
+        assert api.store.waiting.wait(10)
+        api.store.update(job["id"], lambda r: lifecycle.complete(r, owner="d", now=now, completion=completion))
+
+    finisher = threading.Thread(target=finish_once_waited_on)
+    finisher.start()
+    waited = api.status.get(f"/v1/jobs/{job['id']}?wait=10", headers=api.auth)
+    finisher.join()
+    assert waited.get_json()["status"] == "succeeded" and waited.get_json()["output"] == "out"
+    assert api.store.records[job["id"]].status is JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("wait", ["-1", "61", "soon"])
+def test_a_bad_wait_is_400(api: Api, wait: str) -> None:
+    job = api.create().get_json()
+    answer = api.status.get(f"/v1/jobs/{job['id']}?wait={wait}", headers=api.auth)
+    assert answer.status_code == 400 and answer.get_json()["error"]["details"][0]["field"] == "wait"
+
+
+def test_routes_methods_models_and_the_open_api_document(api: Api) -> None:
+    assert api.status.get("/openapi.json").get_json()["openapi"].startswith("3.")
+    assert api.submit.get("/openapi.json").status_code == 200
+    models = api.status.get("/v1/models", headers=api.auth).get_json()
+    assert models["object"] == "list" and models["data"][0]["id"] == "tiny-llama"
+    assert api.submit.get("/v1/jobs", headers=api.auth).status_code == 405
+    assert api.status.post("/v1/models", headers=api.auth).status_code == 405
+    assert api.status.get("/v1/nothing", headers=api.auth).status_code == 404
+    wrong_type = api.submit.post("/v1/jobs", data="prompt=x", headers={**api.auth, "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
