@@ -126,7 +126,9 @@ if s.image_built:
         batch_bucket=store.batch_bucket.name, cpu=s.runner_cpu, memory_gib=s.runner_memory_gib,
         task_timeout_seconds=s.batch_task_timeout_seconds, max_retries=s.batch_max_retries,
         schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
-        gpu_zonal_redundancy=s.gpu_zonal_redundancy, launcher_members=[api.submit_member], labels=labels),
+        gpu_zonal_redundancy=s.gpu_zonal_redundancy, launcher_members=[api.submit_member],
+        submit_url=api.submit_url, status_url=api.status_url,
+        api_services=[api.submit.service_name, api.status.service_name], labels=labels),
         opts=after_apis)
 
 observability = Observability("observability", ObservabilityArgs(

@@ -579,17 +579,21 @@ def test_scheduler_starts_the_workflow_with_an_identity_that_may_only_do_that(de
     assert len(nightly["schedule"].split()) == 5
 
 
-def test_workflow_may_run_the_batch_job(deployment: Deployment) -> None:
+def test_workflow_calls_the_api_and_writes_no_firestore(deployment: Deployment) -> None:
     workflow = deployment.one("gcp:workflows/workflow:Workflow").inputs
+    account = deployment.account("llmq-workflow")
     assert workflow["serviceAccount"] == f"llmq-workflow@{PROJECT}.iam.gserviceaccount.com"
     definition = yaml.safe_load(workflow["sourceContents"])
     assert isinstance(definition, dict) and definition  # the file from workflows/, or the placeholder
-    assert workflow["userEnvVars"]["LLMQ_BATCH_JOB"] == deployment.one(JOB).inputs["name"]
-    runs_job = deployment.one(JOB_GRANT, member=deployment.account("llmq-workflow"))
-    assert (runs_job.inputs["name"], runs_job.inputs["role"]) == ("llmq-batch", "roles/run.jobsExecutorWithOverrides")
-    # Who may run the GPU job: the workflow and the submit function, nobody else.
-    assert {g.inputs["member"] for g in deployment.of(JOB_GRANT)} == {
-        deployment.account("llmq-workflow"), deployment.account("llmq-submit")}
+    env = workflow["userEnvVars"]
+    assert env["LLMQ_BATCH_BUCKET"] == BATCH_BUCKET
+    assert env["LLMQ_SUBMIT_URL"].startswith("https://") and env["LLMQ_STATUS_URL"].startswith("https://")
+    assert "LLMQ_API_KEY" not in env and "LLMQ_STORAGE_URL" not in env  # production: OIDC, OAuth2, real GCS
+    # It may invoke the two API functions (OIDC through Cloud Run IAM), move batch files, write logs;
+    # no Firestore role, and the GPU job is run by the API, not by the workflow.
+    roles = {role for _scope, role in deployment.roles_of(account)}
+    assert roles == {"roles/run.invoker", "roles/storage.objectUser", "roles/logging.logWriter"}
+    assert {g.inputs["member"] for g in deployment.of(JOB_GRANT)} == {deployment.account("llmq-submit")}
     assert not [g for g in deployment.grants() if g.inputs["role"] == "roles/run.developer"]
 
 

@@ -1,6 +1,7 @@
 """The nightly batch: a Cloud Run job on one L4 running `python -m runner.batch`, the Workflows
-definition that runs it for the files in the batch bucket's inbox, and the Cloud Scheduler job
-that starts the workflow every night with an OAuth token of an identity that may do only that."""
+definition that asks the platform's API (POST /v1/batches, which runs that job) for each file in the
+batch bucket's inbox, and the Cloud Scheduler job that starts the workflow every night with an OAuth
+token of an identity that may do only that."""
 
 from __future__ import annotations
 
@@ -107,6 +108,12 @@ class NightlyBatchArgs:
     # Other identities that start this job with per-batch arguments (the submit function's, for
     # on-demand batches: POST /v1/batches). Granted on the job only.
     launcher_members: Sequence[pulumi.Input[str]] = ()
+    # The API the workflow calls (workflows/nightly_batch.yaml: POST /v1/batches on submit, GET
+    # /v1/batches/{id} on status, with OIDC tokens of its identity): the URLs, and the Cloud Run services
+    # behind them, on which that identity gets roles/run.invoker.
+    submit_url: pulumi.Input[str] = ""
+    status_url: pulumi.Input[str] = ""
+    api_services: Sequence[pulumi.Input[str]] = ()
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -195,39 +202,37 @@ class NightlyBatch(pulumi.ComponentResource):
             gcp.cloudrunv2.JobIamMember(f"{name}-launcher-{i}", project=args.project, location=args.region,
                                         name=self.job.name, role=RUN_WITH_OVERRIDES_ROLE, member=member, opts=child)
 
-        # The workflow's identity: run this job with per-file arguments, read and move batch files,
-        # record `batches/{id}`, write its call log.
+        # The workflow's identity: call the API (which records `batches/{id}` and runs the job), list and
+        # move batch files, write its call log. No Firestore and no job grant: the API does both.
         wf_sa = gcp.serviceaccount.Account(f"{name}-workflow-sa", project=args.project,
                                            account_id=args.workflow_account_id,
                                            display_name="llmq nightly batch workflow", opts=child)
-        wf_grants = [
-            gcp.cloudrunv2.JobIamMember(f"{name}-workflow-runs-job", project=args.project, location=args.region,
-                                        name=self.job.name, role=RUN_WITH_OVERRIDES_ROLE,
-                                        member=wf_sa.member, opts=child),
+        wf_grants: list[pulumi.Resource] = [
             gcp.storage.BucketIAMMember(f"{name}-workflow-batch-files", bucket=args.batch_bucket,
                                         role="roles/storage.objectUser", member=wf_sa.member, opts=child),
-            gcp.projects.IAMMember(f"{name}-workflow-firestore", project=args.project, role="roles/datastore.user",
-                                   member=wf_sa.member, condition=firestore_condition(args.project, args.database),
-                                   opts=child),
             gcp.projects.IAMMember(f"{name}-workflow-logs", project=args.project, role="roles/logging.logWriter",
                                    member=wf_sa.member, opts=child),
+        ]
+        wf_grants += [
+            gcp.cloudrunv2.ServiceIamMember(f"{name}-workflow-calls-api-{i}", project=args.project,
+                                            location=args.region, name=service, role="roles/run.invoker",
+                                            member=wf_sa.member, opts=child)
+            for i, service in enumerate(args.api_services)
         ]
         self.workflow = gcp.workflows.Workflow(
             f"{name}-workflow",
             project=args.project,
             region=args.region,
             name=args.workflow_name,
-            description="llmq nightly batch: runs the GPU batch job for each file in the inbox",
+            description="llmq nightly batch: a batch through the API for each file in the inbox",
             labels=args.labels,
             service_account=wf_sa.email,
             source_contents=args.workflow_source,
             call_log_level="LOG_ERRORS_ONLY",
             user_env_vars={
-                "LLMQ_PROJECT": args.project,
-                "LLMQ_REGION": args.region,
-                "LLMQ_DATABASE": args.database,
                 "LLMQ_BATCH_BUCKET": args.batch_bucket,
-                "LLMQ_BATCH_JOB": self.job.name,
+                "LLMQ_SUBMIT_URL": args.submit_url,
+                "LLMQ_STATUS_URL": args.status_url,
             },
             deletion_protection=False,
             opts=child_options(self, opts, depends_on=wf_grants),
@@ -241,8 +246,8 @@ class NightlyBatch(pulumi.ComponentResource):
         invoker = gcp.projects.IAMMember(f"{name}-scheduler-workflows-invoker", project=args.project,
                                          role="roles/workflows.invoker", member=scheduler_sa.member, opts=child)
         # Executions API body: {"argument": "<JSON string>"}; Cloud Scheduler wants it base64-encoded.
-        body = pulumi.Output.all(args.batch_bucket, self.job.name).apply(lambda v: base64.b64encode(json.dumps({
-            "argument": json.dumps({"batch_bucket": v[0], "job": v[1], "region": args.region}),
+        body = pulumi.Output.from_input(args.batch_bucket).apply(lambda bucket: base64.b64encode(json.dumps({
+            "argument": json.dumps({"batch_bucket": bucket}),
         }).encode()).decode())
         self.scheduler_job = gcp.cloudscheduler.Job(
             f"{name}-nightly",
