@@ -13,12 +13,14 @@ Batches nothing works on any more (no progress written for a long time) are ende
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from jobs import batches, lifecycle
-from jobs.batches import BatchStatus, BatchStore
+from jobs.batch_state import BatchStatus
+from jobs.batches import BatchStore
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobErrorCode, JobRecord
 from jobs.ports import JobStore, Publisher
@@ -65,11 +67,10 @@ def reconcile(
                 continue
             message = store.get_message(record.id)
             if message is None:
-                store.update(record.id, lambda current: lifecycle.fail(
-                    current, now=now, code=JobErrorCode.REQUEST_LOST, message="the job's request could not be found"))
+                store.update(record.id, lambda current: _fail_lost(current, now))
                 report.failed += 1
                 continue
-            _, marked = store.update(record.id, lambda current, seen=record: _mark_republished(current, seen, now))
+            _, marked = store.update(record.id, functools.partial(_mark_republished, seen=record, now=now))
             if not marked:
                 continue  # it moved on since the query: nothing to do
             publisher.publish(message)
@@ -81,13 +82,18 @@ def reconcile(
     return report
 
 
+def _fail_lost(current: JobRecord, now: datetime) -> JobRecord | None:
+    return lifecycle.fail(current, now=now, code=JobErrorCode.REQUEST_LOST,
+                          message="the job's request could not be found")
+
+
 def _expire_if_queued(current: JobRecord, now: datetime) -> JobRecord | None:
     if current.status is not JobStatus.QUEUED:
         return None
     return lifecycle.expire(current, now=now)
 
 
-def _mark_republished(current: JobRecord, seen: JobRecord, now: datetime) -> JobRecord | None:
+def _mark_republished(current: JobRecord, *, seen: JobRecord, now: datetime) -> JobRecord | None:
     """Only if the job is still as the query saw it (same status and lease)."""
     if current.status is not seen.status or current.lease_expires_at != seen.lease_expires_at:
         return None

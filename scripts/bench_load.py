@@ -255,7 +255,7 @@ def _tenant_keys(stack: Stack) -> list[str]:
 
 def pause_delivery(stack: Stack) -> None:
     """Turn the runner's push subscriptions into pull ones: published jobs stay queued."""
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
     with stack.emulator_env():
         subscriber = pubsub_v1.SubscriberClient()

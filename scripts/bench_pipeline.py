@@ -40,6 +40,7 @@ import httpx
 import psutil
 
 from jobs.engine import GenerationRequest, SamplingOptions
+from runner.outcome import Disposition
 from runner.settings import RunnerSettings
 from scripts.build_tiny_model import ensure_model
 from scripts.local_stack import LOCAL_VLLM_ENV
@@ -307,7 +308,7 @@ def closed_loop_threads(one_job: Callable[[], int], n: int, concurrency: int) ->
 
 async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: int, device: str,
                        engine_name: str) -> Point:
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
     from jobs.adapters.firestore_store import FirestoreJobStore
     from jobs.adapters.gcs_results import GcsResultStore
@@ -347,7 +348,7 @@ async def naive_worker(stack: Stack, model_dir: Path, *, jobs: int, max_tokens: 
                     outcome = await processor.process(message)
                     subscriber.acknowledge(subscription=subscription, ack_ids=[received.ack_id])
                     record = store.get(message.job_id)
-                    assert outcome.status == 200 and record is not None and record.usage is not None, outcome
+                    assert outcome.disposition is Disposition.DONE and record is not None and record.usage is not None, outcome
                     tokens += record.usage.completion_tokens
                     done += 1
             point = Point(jobs, time.monotonic() - started, tokens)

@@ -200,7 +200,7 @@ class LocalStack:
 
     def _create_resources(self) -> None:
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import pubsub_v1, storage
+        from google.cloud import pubsub_v1, storage  # type: ignore[attr-defined]  # no py.typed
 
         c = self.config
         publisher = pubsub_v1.PublisherClient()

@@ -66,7 +66,7 @@ class Stack:
 
     def storage(self) -> Any:
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from google.cloud import storage  # type: ignore[attr-defined]  # no py.typed
 
         os.environ.update(self.info["env"])
         return storage.Client(project=self.project, credentials=AnonymousCredentials())

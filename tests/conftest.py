@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from scripts.stack_client import Stack, started_stack
@@ -30,17 +32,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def db(stack: Stack):  # type: ignore[no-untyped-def]
+def db(stack: Stack) -> Any:
     return stack.firestore()
 
 
 @pytest.fixture()
-def http(stack: Stack):  # type: ignore[no-untyped-def]
+def http(stack: Stack) -> Iterator[httpx.Client]:
     with stack.http() as client:
         yield client
 
 
+# The tiers (README): `pytest -m fast` runs in seconds on in-memory ports; everything else is `integration`
+# (the local stack on the emulators, or a real model) or `static` (ruff, mypy).
+_INTEGRATION_FIXTURES = {"stack", "db", "http"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if not any(item.get_closest_marker(m) for m in ("integration", "static")):
+            item.add_marker(pytest.mark.fast)
     """Tests marked `restarts_runner` run last. After pushes fail with "connection refused" (a
     runner being restarted) the Pub/Sub emulator holds those subscriptions' messages back for
     minutes, where Pub/Sub would retry with the subscription's backoff; a test after them that

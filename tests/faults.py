@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.pubsub_publisher import PubSubPublisher

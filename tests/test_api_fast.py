@@ -37,9 +37,9 @@ class Api:
         self.status = _client("status")
         self.auth = {"Authorization": f"Bearer {self.key}"}
 
-    def create(self, body: dict[str, Any] | None = None, **headers: str) -> Any:
-        return self.submit.post("/v1/jobs", json=body or {"prompt": "hello", "max_tokens": 4},
-                                headers={**self.auth, **headers})
+    def create(self, body: dict[str, Any] | None = None, *, idempotency_key: str | None = None) -> Any:
+        headers = {**self.auth, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+        return self.submit.post("/v1/jobs", json=body or {"prompt": "hello", "max_tokens": 4}, headers=headers)
 
 
 def _client(name: str) -> FlaskClient:
@@ -64,11 +64,11 @@ def test_submit_stores_publishes_and_the_status_function_reads_it_back(api: Api)
 
 
 def test_an_idempotent_resubmission_returns_the_first_job(api: Api) -> None:
-    first = api.create(**{"Idempotency-Key": "k-1"})
-    again = api.create(**{"Idempotency-Key": "k-1"})
+    first = api.create(idempotency_key="k-1")
+    again = api.create(idempotency_key="k-1")
     assert (first.status_code, again.status_code) == (202, 200)
     assert first.get_json()["id"] == again.get_json()["id"] and len(api.publisher.published) == 1
-    conflict = api.create({"prompt": "something else"}, **{"Idempotency-Key": "k-1"})
+    conflict = api.create({"prompt": "something else"}, idempotency_key="k-1")
     assert conflict.status_code == 409 and conflict.get_json()["error"]["code"] == "idempotency_key_reused"
 
 

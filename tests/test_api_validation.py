@@ -7,11 +7,12 @@ import json
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
 from scripts.stack_client import Stack
 
@@ -65,7 +66,7 @@ INVALID_BODIES = [
 
 
 @pytest.fixture(scope="module")
-def audit(stack: Stack):  # type: ignore[no-untyped-def]
+def audit(stack: Stack) -> Iterator[tuple[Any, list[str]]]:
     """A pull subscription on every job topic, to see what gets published."""
     with stack.emulator_env():
         subscriber = pubsub_v1.SubscriberClient()

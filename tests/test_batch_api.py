@@ -138,7 +138,8 @@ def test_reconciler_ends_batches_that_no_runner_works_on(stack: Stack, db: Any, 
     from datetime import timedelta
 
     from jobs.adapters.batch_store import FirestoreBatchStore
-    from jobs.batches import BatchRecord, BatchStatus, new_batch_id
+    from jobs.batch_state import BatchStatus
+    from jobs.batches import BatchRecord, new_batch_id
     from jobs.service import utcnow
 
     store, now = FirestoreBatchStore(db), utcnow()

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from jobs import lifecycle
 from jobs.ids import is_job_id, new_job_id
 from jobs.lifecycle import ClaimOutcome, Completion
-from jobs.models import JobRecord, JobRequest, Usage
+from jobs.models import JobErrorCode, JobRecord, JobRequest, Usage
 from jobs.state import InvalidTransition, JobStatus, transition
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -115,7 +115,7 @@ def test_only_the_lease_holder_completes() -> None:
 
 def test_fail_and_cancel_leave_finished_jobs_alone() -> None:
     done = _record(status=JobStatus.SUCCEEDED)
-    assert lifecycle.fail(done, now=NOW, code="x", message="y") is None
+    assert lifecycle.fail(done, now=NOW, code=JobErrorCode.DEAD_LETTERED, message="y") is None
     assert lifecycle.cancel(done, now=NOW) is None
     cancelled = lifecycle.cancel(_record(), now=NOW)
     assert cancelled is not None and cancelled.status is JobStatus.CANCELLED
@@ -227,7 +227,8 @@ def test_api_key_authenticator_caches_and_refuses() -> None:
 
 
 def test_abandon_ends_only_stale_open_batches() -> None:
-    from jobs.batches import RUNNER_LOST, BatchRecord, BatchStatus, abandon
+    from jobs.batch_state import BatchStatus
+    from jobs.batches import RUNNER_LOST, BatchRecord, abandon
 
     now = datetime(2026, 11, 23, tzinfo=UTC)
     stale_for = timedelta(hours=1)

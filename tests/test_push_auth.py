@@ -115,7 +115,8 @@ def test_forged_pushes_are_rejected(stack: Stack, secured_runner: str, google_si
         "unverified email": f"Bearer {google_signer.token(email_verified=False)}",
         "wrong issuer": f"Bearer {google_signer.token(iss='https://issuer.example.test')}",
     }
-    headers = {"Authorization": tokens[case]} if tokens[case] else {}
+    token = tokens[case]
+    headers = {"Authorization": token} if token else {}
     response = httpx.post(secured_runner, json=envelope, headers=headers, timeout=30)
     assert response.status_code == 401, response.text
     # Nothing was done with the job.

@@ -30,7 +30,7 @@ from runner.engines.transformers_engine import TransformersEngine
 from scripts.build_tiny_model import MAX_POSITION_EMBEDDINGS, ensure_model
 from tests.engine_checks import check_stream, collect
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.integration]  # a real model
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")

@@ -42,6 +42,7 @@ from scripts.local_stack import LOCAL_VLLM_ENV
 from tests.engine_checks import check_stream, collect
 
 pytestmark = [
+    pytest.mark.integration,  # a real model, in vLLM
     pytest.mark.timeout(240),  # the first test also waits for the engine to start (20 s idle, more on CI)
     # The AsyncLLM whose engine core was killed leaves its ZeroMQ context for the garbage collector.
     pytest.mark.filterwarnings("ignore:Exception ignored in. <function Context.__del__"

@@ -15,7 +15,8 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
-from jobs.batches import BatchRecord, BatchStatus, Mutation
+from jobs.batch_state import BatchStatus
+from jobs.batches import BatchRecord, Mutation
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from google.cloud import firestore, pubsub_v1, storage
+    from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]  # no py.typed
 
 
 @cache
@@ -25,7 +25,7 @@ def firestore_client(project: str, database: str = "(default)") -> firestore.Cli
 
 @cache
 def publisher_client() -> pubsub_v1.PublisherClient:
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
     # Publish at once: a submit waits for its own message, so batching only adds latency.
     return pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_latency=0.001))
@@ -33,7 +33,7 @@ def publisher_client() -> pubsub_v1.PublisherClient:
 
 @cache
 def storage_client(project: str) -> storage.Client:
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # no py.typed
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials

@@ -162,8 +162,9 @@ class FirestoreJobStore:
             query = query.where(filter=FieldFilter("status", "==", status))
         if created_since is not None:
             query = query.where(filter=FieldFilter("created_at", ">=", created_since))
+        counting: Any = query.count()  # the client types where() as returning a class, not an instance
         try:
-            result = query.count().get(timeout=TIMEOUT, retry=RETRY)
+            result = counting.get(timeout=TIMEOUT, retry=RETRY)
         except UNAVAILABLE as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return int(result[0][0].value)

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from google.api_core import exceptions as gexc
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # no py.typed
 
 from jobs.errors import DependencyUnavailable
 

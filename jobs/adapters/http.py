@@ -106,7 +106,8 @@ def openapi_document() -> dict[str, Any]:
         for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
             path = (base / candidate).resolve()
             if path.is_file():
-                return yaml.safe_load(path.read_text())
+                document: dict[str, Any] = yaml.safe_load(path.read_text())
+                return document
     raise FileNotFoundError("openapi.yaml not found")
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import threading
+from collections.abc import Iterator
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # no py.typed
 
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobMessage
@@ -27,7 +28,7 @@ class PubSubPublisher:
             raise ValueError("at least one topic is needed")
         self._client = client
         self._timeout = timeout
-        self._turns = {
+        self._turns: dict[str, Iterator[str]] = {
             "interactive": itertools.cycle([client.topic_path(project, t) for t in topics]),
             "batch": itertools.cycle([client.topic_path(project, t) for t in batch_topics or topics]),
         }

@@ -42,7 +42,7 @@ class PushVerifier:
         if token is None:
             raise Unauthenticated("a push must carry an OIDC token")
         try:
-            claims = jwt.decode(token, certs=self._current_certs(), audience=self._audience)
+            claims: Mapping[str, Any] = jwt.decode(token, certs=self._current_certs(), audience=self._audience)
         except (ValueError, gauth_exceptions.GoogleAuthError) as err:
             raise Unauthenticated(f"the push token is not valid: {type(err).__name__}") from None
         if claims.get("iss") not in self._issuers:
