@@ -1,7 +1,7 @@
 """One error taxonomy for the whole platform, and the one place that maps it to HTTP.
 
-API errors carry their HTTP status; runner-side errors say whether a delivery should be retried
-(nack) or whether the job failed for good (ack, job marked failed).
+API errors carry their HTTP status. The runner's push path has its own vocabulary, the outcomes of
+runner/outcome.py, mapped to the ack protocol in runner/app.py.
 """
 
 from __future__ import annotations
@@ -68,28 +68,6 @@ class DependencyUnavailable(PlatformError):
     """A backing service (Firestore, Pub/Sub, GCS) failed; nothing half-written was left behind."""
 
     status, code = 503, "unavailable"
-
-
-# --- Runner side: what a push delivery's outcome means for the ack protocol. ---
-
-
-class RetryableError(Exception):
-    """Transient: answer 429/503 so Pub/Sub redelivers after backoff. The job stays as it was."""
-
-    def __init__(self, message: str, *, retry_after: float = 10.0, status: int = 503) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class PermanentJobError(Exception):
-    """The job can never succeed (invalid at the runner, prompt too long, unknown model):
-    mark it failed with this code and acknowledge the delivery."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class Overloaded(PlatformError):

@@ -63,7 +63,6 @@ class RunnerState:
         self._connect = connect
         self.engine: Engine | None = None
         self.processor: JobProcessor | None = None
-        self.load_error: BaseException | None = None
         self.dead = False
 
     async def load(self) -> None:
@@ -74,8 +73,7 @@ class RunnerState:
             await processor.start()
             self.processor, self.engine = processor, engine
             log.info("engine ready", extra={"status": "ready"})
-        except Exception as err:  # the instance cannot serve: let the platform replace it
-            self.load_error = err
+        except Exception:  # the instance cannot serve: let the platform replace it
             log.exception("engine failed to load")
             os.kill(os.getpid(), signal.SIGTERM)
             return

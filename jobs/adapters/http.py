@@ -49,7 +49,7 @@ def install_json_errors(errorhandler: Any) -> None:
         return json_response(PlatformError(err.description or err.name, code=code).to_body(), err.code or 500)
 
     @errorhandler(Exception)
-    def _crash(err: Exception) -> flask.Response:
+    def _crash(err: Exception) -> flask.Response:  # noqa: ARG001 (Flask's handler signature)
         log.exception("unhandled error")
         return json_response(PlatformError("internal error").to_body(), 500)
 

@@ -34,8 +34,7 @@ MAX_ACK_DEADLINE_SECONDS = 600
 FINISH_MARGIN_SECONDS = 30
 # Cloud Run: request timeout up to 60 min; a GPU job task runs at most about an hour.
 MAX_RUN_TIMEOUT_SECONDS = 3600
-# L4 minimums on Cloud Run (4 vCPU, 16 GiB).
-MIN_GPU_CPU = 4
+# L4 minimums on Cloud Run (4 vCPU, checked with the allowed counts below; 16 GiB).
 MIN_GPU_MEMORY_GIB = 16
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
@@ -241,10 +240,6 @@ class Settings:
     @property
     def default_model(self) -> Model:
         return self.models[0]
-
-    @property
-    def multi_model(self) -> bool:
-        return len(self.models) > 1
 
     def name(self, suffix: str) -> str:
         """A resource's cloud name: `<prefix>-<suffix>`."""

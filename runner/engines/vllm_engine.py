@@ -187,7 +187,7 @@ class _Counters:
                 pass
 
             def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
-                       mm_cache_stats: object = None, engine_idx: int = 0) -> None:
+                       mm_cache_stats: object = None, engine_idx: int = 0) -> None:  # noqa: ARG002 (vLLM's)
                 if iteration_stats is not None and (iteration_stats.num_generation_tokens
                                                     or iteration_stats.num_prompt_tokens):
                     counters.forward_passes += 1
