@@ -16,6 +16,7 @@ from jobs import batches
 from jobs.batches import BatchInputs, BatchLauncher, BatchRecord, BatchStore
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
 from jobs.models import MAX_METADATA_PAIRS, MetadataKey, MetadataValue
+from jobs.object_names import object_name_problem
 from jobs.service import utcnow
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ class BatchService:
                 f"input_uri must be an object in the batch bucket ({prefix}...), outside {', '.join(reserved)}"
                 + ("" if generation is not None else f" ({NIGHTLY_PREFIX} only with input_generation)"),
                 details=[{"field": "input_uri", "code": "invalid_uri", "message": f"an object under {prefix}"}])
+        if (problem := object_name_problem(name)) is not None:
+            raise InvalidRequest(f"input_uri names no possible object: {problem}",
+                                 details=[{"field": "input_uri", "code": "invalid_object_name", "message": problem}])
         if not self._inputs.exists(uri, generation=generation):
             raise InvalidRequest(f"{uri} does not exist", code="input_not_found",
                                  details=[{"field": "input_uri", "code": "not_found", "message": "no such object"}])

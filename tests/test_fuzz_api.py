@@ -14,11 +14,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 import schemathesis
 from google.cloud.firestore_v1.base_query import FieldFilter
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from jobs.adapters.api_key_store import FirestoreApiKeyStore
@@ -92,3 +95,80 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
             assert (view["status"] == "succeeded" or code == "context_length_exceeded"
                     or (code == "deadline_exceeded" and view["deadline_at"] is not None)), view
     assert stack.pid("runner") == runner, "the runner was restarted during the fuzz run"
+
+
+# --- Hostile names, by class: user-controlled strings that become Firestore field names or document paths
+# (metadata keys; job and batch ids in paths; idempotency keys, hashed into ids; batch input object names).
+# Schema-driven generation rarely hits these (Firestore's rules are not in the schema), so they get their own
+# strategies; every answer must be a designed 4xx or success, and nothing refused may be written.
+
+_RESERVED_FIELD = st.from_regex(r"\A__[A-Za-z0-9_-]{0,16}__\Z")
+_DOCUMENT_ID = st.one_of(
+    st.sampled_from([".", "..", "__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "a" * 1600]),
+    _RESERVED_FIELD,
+    st.text(min_size=1, max_size=200),
+)
+_OBJECT_NAME = st.one_of(
+    st.sampled_from(["..", ".", "a\nb", "a\rb", "x" * 1100, ".well-known/acme-challenge/x", "inbox/x", "#"]),
+    st.text(min_size=1, max_size=300),
+)
+
+
+def test_hostile_names_are_refused_with_a_4xx_and_write_nothing(stack: Stack, db: Any) -> None:
+    tenant = f"hostile-{uuid.uuid4().hex[:8]}"
+    key = create_key(FirestoreApiKeyStore(db), tenant=tenant, name="hostile")
+    answers: Counter[tuple[str, int]] = Counter()
+    accepted: set[str] = set()
+
+    with stack.http(api_key=key) as client:
+        submit, status = stack.info["submit_url"], stack.info["status_url"]
+
+        def record(kind: str, response: httpx.Response, allowed: set[int]) -> None:
+            answers[(kind, response.status_code)] += 1
+            assert response.status_code in allowed, f"{kind}: {response.status_code} {response.text[:300]}"
+
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(name=_RESERVED_FIELD, batch=st.booleans())
+        def metadata_keys(name: str, batch: bool) -> None:
+            if batch:
+                body: dict[str, Any] = {"input_jsonl": '{"custom_id": "a", "method": "POST", "url": '
+                                                       '"/v1/completions", "body": {"prompt": "x"}}',
+                                        "metadata": {name: "v"}}
+                response = client.post(f"{submit}/v1/batches", json=body)
+            else:
+                response = client.post(f"{submit}/v1/jobs", json={"prompt": "x", "metadata": {name: "v"}})
+            record("metadata key", response, {400})
+            assert response.json()["error"]["details"][0]["code"] == "reserved_key"
+
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(raw=_DOCUMENT_ID)
+        def document_ids(raw: str) -> None:
+            segment = quote(raw, safe="")
+            for method, url in (("GET", f"{status}/v1/jobs/{segment}"), ("POST", f"{submit}/v1/jobs/{segment}/cancel"),
+                                ("GET", f"{status}/v1/batches/{segment}"),
+                                ("POST", f"{submit}/v1/batches/{segment}/cancel")):
+                record("document id", client.request(method, url), {404})
+
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(raw=st.one_of(_DOCUMENT_ID, st.text(min_size=1, max_size=300)))
+        def idempotency_keys(raw: str) -> None:
+            body = {"prompt": "x", "max_tokens": 1, "idempotency_key": raw}
+            response = client.post(f"{submit}/v1/jobs", json=body)
+            record("idempotency key", response, {200, 202, 400})
+            if response.status_code in (200, 202):
+                accepted.add(response.json()["id"])
+
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(name=_OBJECT_NAME)
+        def input_objects(name: str) -> None:
+            response = client.post(f"{submit}/v1/batches", json={"input_uri": f"gs://{stack.info['batch_bucket']}/{name}"})
+            record("batch input object", response, {400})
+
+        for check in (metadata_keys, document_ids, idempotency_keys, input_objects):
+            check()
+
+    print(f"\nhostile names: {sorted(answers.items())}")
+    stored = {s.id for s in db.collection("jobs").where(filter=FieldFilter("tenant", "==", tenant)).stream()}
+    assert stored == accepted
+    batches = list(db.collection("batches").where(filter=FieldFilter("tenant", "==", tenant)).stream())
+    assert batches == []
