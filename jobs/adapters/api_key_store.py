@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.auth import ApiKey
 from jobs.errors import DependencyUnavailable
 
@@ -28,7 +28,7 @@ class FirestoreApiKeyStore:
     def get(self, key_hash: str) -> ApiKey | None:
         try:
             snapshot = self._keys.document(key_hash).get(timeout=10)
-        except (gexc.GoogleAPICallError, gexc.RetryError) as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the key store is unavailable") from err
         return _key(snapshot) if snapshot.exists else None
 

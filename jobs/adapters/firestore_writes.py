@@ -10,9 +10,9 @@ from typing import Any, Generic, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry, if_exception_type
-from google.auth import exceptions as auth_exceptions
 from google.cloud import firestore
 
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
 # Every call is bounded: an unreachable Firestore must turn into a retryable error well inside a
@@ -24,10 +24,9 @@ TIMEOUT = 10.0
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
              gexc.Cancelled, gexc.Unknown, gexc.TooManyRequests)  # TooManyRequests: ResourceExhausted too
 RETRY = Retry(predicate=if_exception_type(*TRANSIENT), timeout=TIMEOUT, initial=0.1, maximum=2.0)
-# Every error class the client raises becomes DependencyUnavailable (503 with Retry-After), never a 500:
-# what is left once the retries are spent, and the classes no retry helps (PermissionDenied from a
-# misconfigured deployment). Callers catch the classes they expect (Conflict, FailedPrecondition) first.
-UNAVAILABLE = (gexc.GoogleAPICallError, gexc.RetryError, auth_exceptions.TransportError)
+# What is left once the retries are spent, and the classes no retry helps (PermissionDenied from a
+# misconfigured deployment), become DependencyUnavailable: see google_errors.py.
+UNAVAILABLE = CLIENT_ERRORS
 
 RecordT = TypeVar("RecordT")
 

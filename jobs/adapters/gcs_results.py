@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import storage  # type: ignore[attr-defined]  # no py.typed
 
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
 
@@ -25,6 +25,6 @@ class GcsResultStore:
             self._bucket.blob(name).upload_from_string(
                 json.dumps(body, ensure_ascii=False), content_type="application/json"
             )
-        except (gexc.GoogleAPICallError, gexc.RetryError, OSError) as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the result store is unavailable") from err
         return f"gs://{self._bucket.name}/{name}"
