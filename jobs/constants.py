@@ -38,3 +38,6 @@ MAX_WAITING_BATCH_PUSHES = 16
 STREAM_INTERVAL_SECONDS = 1.0
 
 RECONCILE_LEASE_LAPSED_SECONDS = 120  # the reconciler re-publishes a job whose lease lapsed this long ago
+
+# Where Google publishes the certificates of its ID-token signers (jobs/adapters/id_tokens.py).
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import constants
@@ -40,6 +40,12 @@ class ApiSettings(BaseSettings):
     # token's email maps to a tenant through iam_tenants, or is the tenant itself).
     auth_mode: constants.AuthMode = "api_key"
     iam_tenants: dict[str, str] = Field(default_factory=dict)
+    # In api_key mode, Google service accounts that may call with an ID token instead of a key, verified
+    # here (jobs/adapters/id_tokens.py), and the tenant each acts as: the nightly workflow, whose Workflows
+    # OIDC auth cannot send a key. Their tokens must name token_audience. Empty: keys only.
+    token_tenants: dict[str, str] = Field(default_factory=dict)
+    token_audience: str = ""
+    token_certs_url: str = constants.GOOGLE_CERTS_URL
     # Per-tenant quotas (0: no limit), counted without a hot document (jobs/quotas.py).
     quota_submissions_per_minute: int = constants.QUOTA_SUBMISSIONS_PER_MINUTE
     quota_queued_jobs: int = constants.QUOTA_QUEUED_JOBS
@@ -63,6 +69,12 @@ class ApiSettings(BaseSettings):
     batch_log_dir: str = ""  # local launcher: where each batch's log goes; empty: discarded
     batch_local_max_running: int = 2  # local launcher: runners at once (each loads a model); others wait
     batch_ttl_seconds: int = 30 * 86400  # batches/{id} expire_at
+
+    @model_validator(mode="after")
+    def _tokens_name_their_audience(self) -> ApiSettings:
+        if self.token_tenants and not self.token_audience:
+            raise ValueError("token_tenants needs token_audience")
+        return self
 
     @property
     def catalog(self) -> ModelCatalog:

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from jobs.adapters.clients import firestore_client, storage_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.gcs_results import GcsResultStore
-from jobs.adapters.push_auth import PushVerifier
+from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.engine import Engine, EngineDead
 from jobs.errors import DependencyUnavailable, Unauthenticated
 from jobs.logs import configure_logging
@@ -102,8 +102,9 @@ def create_app(settings: RunnerSettings | None = None,
     """The ASGI app; `connect` builds the ports once the port is open (the fast tests pass in-memory ones)."""
     state = RunnerState(settings or runner_settings(), connect)
     s = state.settings
-    verifier = (PushVerifier(audience=s.push_audience, service_account=s.push_service_account,
-                             certs_url=s.push_certs_url) if s.push_audience else None)
+    verifier = (IdTokenVerifier(audiences=[s.push_audience], certs_url=s.push_certs_url,
+                                service_accounts=[s.push_service_account] if s.push_service_account else None)
+                if s.push_audience else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -9,7 +9,6 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import constants
-from jobs.adapters.push_auth import GOOGLE_CERTS_URL
 
 
 class RunnerSettings(BaseSettings):
@@ -60,7 +59,7 @@ class RunnerSettings(BaseSettings):
     # if set, names the push service account) are accepted; others get 401. Off in the local stack.
     push_audience: str | None = None
     push_service_account: str | None = None
-    push_certs_url: str = GOOGLE_CERTS_URL
+    push_certs_url: str = constants.GOOGLE_CERTS_URL
 
     # The runner checks its engine this often and exits when it is dead (as it does when a push finds it dead).
     health_check_interval_seconds: float = 5.0

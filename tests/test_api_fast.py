@@ -4,6 +4,7 @@ mapping and the job's life as the API shows it. The emulator suite checks the sa
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +20,9 @@ from jobs.adapters import wiring
 from jobs.auth import ApiKey, hash_key, new_key
 from jobs.errors import DependencyUnavailable
 from jobs.models import Usage
+from jobs.settings import api_settings
 from jobs.state import JobStatus
+from tests.id_tokens import Signer, serving_certs
 from tests.memory import InMemoryApiKeyStore, InMemoryJobStore, InMemoryPublisher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,3 +170,52 @@ def test_routes_methods_models_and_the_open_api_document(api: Api) -> None:
     assert api.status.get("/v1/nothing", headers=api.auth).status_code == 404
     wrong_type = api.submit.post("/v1/jobs", data="prompt=x", headers={**api.auth, "Content-Type": "text/plain"})
     assert wrong_type.status_code == 415
+
+
+WORKFLOW_ACCOUNT = "llmq-workflow@llmq-test.iam.gserviceaccount.com"
+TOKEN_AUDIENCE = "llmq-api"
+
+
+@pytest.fixture()
+def token_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Api, Signer]]:
+    """api_key mode with the nightly workflow's identity allowed to call with ID tokens, signed here."""
+    signer = Signer("google-key-fast")
+    with serving_certs(signer) as certs_url:
+        monkeypatch.setenv("LLMQ_TOKEN_TENANTS", json.dumps({WORKFLOW_ACCOUNT: "nightly"}))
+        monkeypatch.setenv("LLMQ_TOKEN_AUDIENCE", TOKEN_AUDIENCE)
+        monkeypatch.setenv("LLMQ_TOKEN_CERTS_URL", certs_url)
+        api_settings.cache_clear()
+        try:
+            yield Api(), signer
+        finally:
+            wiring.use_ports(None)
+            monkeypatch.undo()
+            api_settings.cache_clear()
+
+
+def test_the_workflows_id_token_acts_as_its_tenant_and_keys_still_work(token_api: tuple[Api, Signer]) -> None:
+    api, signer = token_api
+    token = {"Authorization": f"Bearer {signer.token(aud=TOKEN_AUDIENCE, email=WORKFLOW_ACCOUNT)}"}
+    created = api.submit.post("/v1/jobs", json={"prompt": "nightly"}, headers=token)
+    assert created.status_code == 202, created.text
+    assert api.store.records[created.get_json()["id"]].tenant == "nightly"
+    assert api.create().status_code == 202  # a key still works beside tokens
+
+
+@pytest.mark.parametrize("claims", [
+    {"aud": "another-audience", "email": WORKFLOW_ACCOUNT},  # a token minted for another service
+    {"aud": TOKEN_AUDIENCE, "email": "someone-else@llmq-test.iam.gserviceaccount.com"},  # not an allowed account
+    {"aud": TOKEN_AUDIENCE, "email": WORKFLOW_ACCOUNT, "email_verified": False},
+    {"aud": TOKEN_AUDIENCE, "email": WORKFLOW_ACCOUNT, "exp": 1},  # expired
+])
+def test_other_id_tokens_are_401_and_write_nothing(token_api: tuple[Api, Signer], claims: dict[str, Any]) -> None:
+    api, signer = token_api
+    forged = {"Authorization": f"Bearer {signer.token(**claims)}"}
+    answer = api.submit.post("/v1/jobs", json={"prompt": "nightly"}, headers=forged)
+    assert answer.status_code == 401 and api.store.records == {}
+
+
+def test_without_token_tenants_a_token_is_just_a_bad_key(api: Api) -> None:
+    signer = Signer("google-key-unused")
+    token = {"Authorization": f"Bearer {signer.token(aud=TOKEN_AUDIENCE, email=WORKFLOW_ACCOUNT)}"}
+    assert api.submit.post("/v1/jobs", json={"prompt": "x"}, headers=token).status_code == 401

@@ -462,7 +462,7 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         env = {k: v for k, v in deployment.function(name).inputs["serviceConfig"]["environmentVariables"].items()
                if k.startswith("LLMQ_")}
         assert all(k[5:].lower() in fields for k in env), env
-        values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
+        values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS") else v for k, v in env.items()}
         settings = ApiSettings(**values)  # validates every value (models as ModelSpec, numbers)
         assert settings.project == PROJECT
         assert settings.topics == ["llmq-jobs"]  # production publishes to one topic
@@ -472,7 +472,7 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
 def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettings]:
     env = {k: v for k, v in d.function(name).inputs["serviceConfig"]["environmentVariables"].items()
            if k.startswith("LLMQ_")}
-    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS") else v for k, v in env.items()}
+    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS") else v for k, v in env.items()}
     return env, ApiSettings(**values)
 
 
@@ -526,6 +526,10 @@ def test_api_auth_settings_reach_both_functions(infra: None) -> None:
     _, submit = api_settings_of(d, "submit")
     _, status = api_settings_of(d, "status")
     assert submit.auth_mode == status.auth_mode == "iam"
+    # Cloud Run IAM checks the workflow's tokens at the door: no tokens verified in the functions, and the
+    # workflow's audience is each function's URL.
+    assert submit.token_tenants == status.token_tenants == {}
+    assert d.one("gcp:workflows/workflow:Workflow").inputs["userEnvVars"]["LLMQ_API_AUDIENCE"] == ""
     assert (submit.quota_submissions_per_minute, submit.quota_queued_jobs) == (30, 0)
 
 
@@ -584,26 +588,23 @@ def test_workflow_calls_the_api_and_writes_no_firestore(deployment: Deployment) 
     account = deployment.account("llmq-workflow")
     assert workflow["serviceAccount"] == f"llmq-workflow@{PROJECT}.iam.gserviceaccount.com"
     definition = yaml.safe_load(workflow["sourceContents"])
-    assert isinstance(definition, dict) and definition  # the file from workflows/, or the placeholder
+    assert definition == yaml.safe_load((REPO / "workflows" / "nightly_batch.yaml").read_text())
     env = workflow["userEnvVars"]
     assert env["LLMQ_BATCH_BUCKET"] == BATCH_BUCKET
     assert env["LLMQ_SUBMIT_URL"].startswith("https://") and env["LLMQ_STATUS_URL"].startswith("https://")
     assert "LLMQ_API_KEY" not in env and "LLMQ_STORAGE_URL" not in env  # production: OIDC, OAuth2, real GCS
+    # api_key mode (the default): the functions verify the workflow's ID tokens themselves, for one audience
+    # and this one identity, which acts as the tenant "nightly".
+    for function in ("submit", "status"):
+        _, settings = api_settings_of(deployment, function)
+        assert settings.token_tenants == {workflow["serviceAccount"]: "nightly"}
+        assert settings.token_audience == env["LLMQ_API_AUDIENCE"] == "llmq-api"
     # It may invoke the two API functions (OIDC through Cloud Run IAM), move batch files, write logs;
     # no Firestore role, and the GPU job is run by the API, not by the workflow.
     roles = {role for _scope, role in deployment.roles_of(account)}
     assert roles == {"roles/run.invoker", "roles/storage.objectUser", "roles/logging.logWriter"}
     assert {g.inputs["member"] for g in deployment.of(JOB_GRANT)} == {deployment.account("llmq-submit")}
     assert not [g for g in deployment.grants() if g.inputs["role"] == "roles/run.developer"]
-
-
-def test_placeholder_workflow_is_valid_yaml(infra: None) -> None:
-    from llmq_infra.batch import PLACEHOLDER_WORKFLOW, workflow_definition
-
-    steps = yaml.safe_load(PLACEHOLDER_WORKFLOW)["main"]["steps"]
-    assert [next(iter(s)) for s in steps] == ["init", "list_inbox", "run_each", "done"]
-    source, placeholder = workflow_definition(REPO / "workflows" / "does-not-exist.yaml")
-    assert placeholder and source == PLACEHOLDER_WORKFLOW
 
 
 # --- identities -------------------------------------------------------------------------------

@@ -1,57 +1,20 @@
 """Push authentication against a real runner process: only pushes whose OIDC token verifies for
 the configured audience, issuer and push service account are processed. The test signs its own
-tokens and serves their certificates locally (the runner's certificate URL is a setting)."""
+tokens and serves their certificates locally (tests/id_tokens.py)."""
 
 from __future__ import annotations
 
 import base64
-import json
-import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-from google.auth import crypt, jwt
 
 from scripts.stack_client import Stack
 from tests.faults import JobFactory, create_push_topic, extra_runner
-
-AUDIENCE = "https://runner.example.test/push"
-PUSH_ACCOUNT = "push-invoker@llmq-test.iam.gserviceaccount.com"
-
-
-class Signer:
-    """An RSA key with a self-signed certificate, as Google publishes for its token signers."""
-
-    def __init__(self, key_id: str) -> None:
-        self.key_id = key_id
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, key_id)])
-        now = datetime.now(UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
-                     .sign(self.key, hashes.SHA256()))
-
-    def cert_pem(self) -> str:
-        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
-
-    def token(self, **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {"iss": "https://accounts.google.com", "aud": AUDIENCE, "iat": now, "exp": now + 600,
-                  "email": PUSH_ACCOUNT, "email_verified": True, "sub": "1234"}
-        claims.update(overrides)
-        pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-        return jwt.encode(crypt.RSASigner.from_string(pem, key_id=self.key_id), claims).decode()
+from tests.id_tokens import AUDIENCE, PUSH_ACCOUNT, Signer, serving_certs
 
 
 @pytest.fixture(scope="module")
@@ -61,24 +24,8 @@ def google_signer() -> Signer:
 
 @pytest.fixture(scope="module")
 def certs_url(google_signer: Signer) -> Iterator[str]:
-    body = json.dumps({google_signer.key_id: google_signer.cert_pem()}).encode()
-
-    class Certs(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/certs"
-    server.shutdown()
-    server.server_close()
+    with serving_certs(google_signer) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

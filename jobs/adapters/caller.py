@@ -1,7 +1,9 @@
 """Who is calling the API functions, as a tenant — the one place the functions authenticate.
 
 Two documented modes (LLMQ_AUTH_MODE):
-- `api_key` (default): `Authorization: Bearer <key>`, checked against the hashed keys in Firestore.
+- `api_key` (default): `Authorization: Bearer <key>`, checked against the hashed keys in Firestore; and,
+  for the service accounts in LLMQ_TOKEN_TENANTS only (the nightly workflow), a Google ID token for
+  LLMQ_TOKEN_AUDIENCE instead, verified here.
 - `iam`: the deployment lets Cloud Functions' IAM check Google ID tokens at the door (invoker role);
   the function then reads the already verified token's `email` and maps it to a tenant
   (LLMQ_IAM_TENANTS, or the email itself).
@@ -14,8 +16,8 @@ import json
 
 import flask
 
-from jobs.adapters.wiring import authenticator
-from jobs.auth import bearer_token
+from jobs.adapters.wiring import authenticator, token_verifier
+from jobs.auth import KEY_PREFIX, bearer_token
 from jobs.errors import Unauthenticated
 from jobs.settings import api_settings
 
@@ -26,6 +28,11 @@ def caller_tenant(request: flask.Request) -> str:
     authorization = request.headers.get("Authorization")
     if settings.auth_mode == "iam":
         return _iam_tenant(authorization, settings.iam_tenants)
+    token = bearer_token(authorization)
+    if settings.token_tenants and token is not None and not token.startswith(KEY_PREFIX):
+        # Not a key: a service account's ID token (the nightly workflow), verified here.
+        claims = token_verifier().verify(authorization)
+        return settings.token_tenants[str(claims["email"])]
     return authenticator().tenant_for(authorization)
 
 

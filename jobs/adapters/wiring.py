@@ -11,6 +11,7 @@ from jobs.adapters.api_key_store import FirestoreApiKeyStore
 from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client
 from jobs.adapters.firestore_store import FirestoreJobStore
+from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.adapters.pubsub_publisher import PubSubPublisher
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
 from jobs.batches import BatchStore
@@ -36,7 +37,7 @@ def use_ports(ports: ApiPorts | None) -> None:
     """Serve the functions over `ports` from now on (None: back to the cloud clients); the services are rebuilt."""
     global _substitute
     _substitute = ports
-    for cached in (_ports, job_service, authenticator, admission):
+    for cached in (_ports, job_service, authenticator, token_verifier, admission):
         cached.cache_clear()
 
 
@@ -80,6 +81,13 @@ def job_service() -> JobService:
 @lru_cache(maxsize=1)
 def authenticator() -> ApiKeyAuthenticator:
     return ApiKeyAuthenticator(_ports().api_keys)
+
+
+@lru_cache(maxsize=1)
+def token_verifier() -> IdTokenVerifier:
+    settings = api_settings()
+    return IdTokenVerifier(audiences=[settings.token_audience], service_accounts=set(settings.token_tenants),
+                           certs_url=settings.token_certs_url)
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,7 @@ batch component; the batch component grants submit's identity the right to run t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,10 @@ class ApiArgs:
     batch_job: str
     # How the functions authenticate callers (jobs/adapters/caller.py) and the per-tenant quotas.
     auth_mode: str = "api_key"
+    # api_key mode: service accounts that may call with a Google ID token naming token_audience instead of a
+    # key (the nightly workflow's), and their tenants.
+    token_tenants: dict[str, str] = field(default_factory=dict)
+    token_audience: str = ""
     quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE
     quota_queued_jobs: int = QUOTA_QUEUED_JOBS
     # Who may call the API through IAM. The functions authenticate callers themselves (CONTRACT
@@ -89,6 +94,8 @@ class Api(pulumi.ComponentResource):
             # In iam mode the functions trust the token's claims because IAM verified it: a public
             # endpoint is not verified at all.
             raise ValueError("Api: auth_mode 'iam' needs IAM at the door; invokers must not be public")
+        if args.token_tenants and (args.auth_mode != "api_key" or not args.token_audience):
+            raise ValueError("Api: token_tenants are for api_key mode and need token_audience")
         if not args.batch_job:
             raise ValueError("Api: batch_job must name the batch Cloud Run job")
         super().__init__("llmq:infra:Api", name, None, opts)
@@ -99,6 +106,9 @@ class Api(pulumi.ComponentResource):
             "LLMQ_MODELS": args.models_json,
             "LLMQ_AUTH_MODE": args.auth_mode,
         }
+        if args.token_tenants:
+            env["LLMQ_TOKEN_TENANTS"] = json.dumps(args.token_tenants)
+            env["LLMQ_TOKEN_AUDIENCE"] = args.token_audience
         # Only submit creates jobs and batches: the quotas, the batch bucket and the job it launches.
         submit_env: dict[str, pulumi.Input[str]] = {
             **env,

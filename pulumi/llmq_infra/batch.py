@@ -25,58 +25,9 @@ EXECUTIONS_API = "https://workflowexecutions.googleapis.com/v1/"
 # also update the job (its image, command, identity) or delete it.
 RUN_WITH_OVERRIDES_ROLE = "roles/run.jobsExecutorWithOverrides"
 
-# Used only while workflows/nightly_batch.yaml does not exist yet: runs the batch job once per file
-# under inbox/ (first page of the listing), without the Firestore `batches` bookkeeping.
-PLACEHOLDER_WORKFLOW = """\
-# PLACEHOLDER deployed by pulumi/llmq_infra/batch.py: workflows/nightly_batch.yaml was missing.
-main:
-  params: [args]
-  steps:
-    - init:
-        assign:
-          - project: ${sys.get_env("GOOGLE_CLOUD_PROJECT_ID")}
-          - region: ${sys.get_env("LLMQ_REGION")}
-          - bucket: ${sys.get_env("LLMQ_BATCH_BUCKET")}
-          - job: ${sys.get_env("LLMQ_BATCH_JOB")}
-          - started: 0
-    - list_inbox:
-        call: googleapis.storage.v1.objects.list
-        args:
-          bucket: ${bucket}
-          prefix: "inbox/"
-        result: listing
-    - run_each:
-        for:
-          value: item
-          in: ${default(map.get(listing, "items"), [])}
-          steps:
-            - run_job:
-                call: googleapis.run.v2.projects.locations.jobs.run
-                args:
-                  name: ${"projects/" + project + "/locations/" + region + "/jobs/" + job}
-                  body:
-                    overrides:
-                      containerOverrides:
-                        - args:
-                            - "--input"
-                            - '${"gs://" + bucket + "/" + item.name}'
-                            - "--output"
-                            - '${"gs://" + bucket + "/outbox/" + text.replace_all(item.name, "inbox/", "") + "/"}'
-                  connector_params:
-                    timeout: 14400
-            - count:
-                assign:
-                  - started: ${started + 1}
-    - done:
-        return: ${started}
-"""
-
-
-def workflow_definition(path: Path = WORKFLOW_FILE) -> tuple[str, bool]:
-    """The workflow source and whether it is the placeholder (the real file is not there yet)."""
-    if path.is_file():
-        return path.read_text(), False
-    return PLACEHOLDER_WORKFLOW, True
+def workflow_definition(path: Path = WORKFLOW_FILE) -> str:
+    """The workflow's source: the committed workflows/nightly_batch.yaml."""
+    return path.read_text()
 
 
 @dataclass
@@ -113,6 +64,9 @@ class NightlyBatchArgs:
     # behind them, on which that identity gets roles/run.invoker.
     submit_url: pulumi.Input[str] = ""
     status_url: pulumi.Input[str] = ""
+    # The audience of the workflow's ID tokens where the functions verify them themselves (api_key mode:
+    # Api.token_audience); empty where Cloud Run IAM does (iam mode: the audience is the function's URL).
+    api_audience: str = ""
     api_services: Sequence[pulumi.Input[str]] = ()
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -233,6 +187,7 @@ class NightlyBatch(pulumi.ComponentResource):
                 "LLMQ_BATCH_BUCKET": args.batch_bucket,
                 "LLMQ_SUBMIT_URL": args.submit_url,
                 "LLMQ_STATUS_URL": args.status_url,
+                "LLMQ_API_AUDIENCE": args.api_audience,
             },
             deletion_protection=False,
             opts=child_options(self, opts, depends_on=wf_grants),
