@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from jobs import batches
 from jobs.batches import BatchInputs, BatchLauncher, BatchRecord, BatchStore
+from jobs.constants import NIGHTLY_PREFIX, ONDEMAND_PREFIX
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
 from jobs.models import MAX_METADATA_PAIRS, MetadataKey, MetadataValue
 from jobs.object_names import object_name_problem
@@ -21,8 +22,6 @@ from jobs.service import utcnow
 
 log = logging.getLogger(__name__)
 
-ONDEMAND_PREFIX = "inbox-ondemand/"  # where inline JSONL is stored, one object per batch
-NIGHTLY_PREFIX = "inbox/"  # the nightly run's input files
 # Inputs must not come from where the platform writes. The nightly run's inbox only with a generation:
 # that names the same batch the nightly run uses, so nothing runs twice.
 _RESERVED_PREFIXES = ("outbox/", "processed/", "failed/")

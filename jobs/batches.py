@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jobs.batch_state import RESUMABLE, BatchStatus, transition
 from jobs.models import JobRequest, Usage
 from jobs.results import openai_response
+from jobs.validation import field_errors, unsupported_fields
 
 URLS: dict[str, Literal["chat", "completion"]] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 MAX_CUSTOM_ID = 512  # OpenAI does not document one; a bound keeps error lines and memory sane
@@ -139,14 +140,13 @@ def parse_lines(lines: Iterable[bytes | str]) -> Iterator[BatchLine | LineError]
 
 
 def _body_error(err: ValidationError, line: int, custom_id: str) -> LineError:
-    problems = err.errors(include_url=False, include_input=False)
-    extra = [".".join(str(p) for p in e["loc"]) for e in problems if e["type"] == "extra_forbidden"]
-    if extra:
+    """The API's field details (jobs/validation.py), as one line of the error file."""
+    errors = field_errors(err)
+    if unsupported := unsupported_fields(errors):
         return LineError(line, custom_id, ErrorCode.UNSUPPORTED_PARAMETER,
-                         f"unrecognised request argument(s): {', '.join(extra)}")
-    first = problems[0]
-    where = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "list[", "str")))
-    return LineError(line, custom_id, ErrorCode.INVALID_BODY, f"{where or 'body'}: {first['msg']}"[:500])
+                         f"unrecognised request argument(s): {', '.join(unsupported)}")
+    first = errors[0]
+    return LineError(line, custom_id, ErrorCode.INVALID_BODY, f"{first.field or 'body'}: {first.message}"[:500])
 
 
 def task_share(line: int, *, task_index: int, task_count: int) -> bool:

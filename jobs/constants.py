@@ -11,8 +11,14 @@ from typing import Literal, get_args
 # Firestore: the jobs collection, the subcollection with the durable copy of each request
 # (jobs/{id}/request/body), and the field the TTL policies delete documents by.
 JOBS_COLLECTION = "jobs"
+BATCHES_COLLECTION = "batches"
 REQUEST_SUBCOLLECTION = "request"
 TTL_FIELD = "expire_at"
+
+# The batch bucket: inline JSONL of POST /v1/batches is stored under ONDEMAND_PREFIX (the submit function may
+# write there only), the nightly run reads NIGHTLY_PREFIX.
+ONDEMAND_PREFIX = "inbox-ondemand/"
+NIGHTLY_PREFIX = "inbox/"
 
 # Pub/Sub: the jobs topic's base name; `priority: "batch"` jobs go to "<jobs topic>-batch", and
 # messages out of delivery attempts to "<jobs topic>-dead-letter".

@@ -507,7 +507,7 @@ def test_submit_may_run_the_batch_job_and_write_only_ondemand_input(deployment: 
     assert set(buckets) == {"roles/storage.objectViewer", "roles/storage.objectUser"}
     assert all(g["bucket"] == BATCH_BUCKET for g in buckets.values())
     assert "condition" not in buckets["roles/storage.objectViewer"]  # input_uri may name any object
-    from jobs.batch_service import ONDEMAND_PREFIX  # where POST /v1/batches stores inline input
+    from jobs.constants import ONDEMAND_PREFIX  # where POST /v1/batches stores inline input
 
     assert buckets["roles/storage.objectUser"]["condition"]["expression"] == (
         f'resource.name.startsWith("projects/_/buckets/{BATCH_BUCKET}/objects/{ONDEMAND_PREFIX}")')

@@ -24,10 +24,11 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
-_GCS_ERRORS = (gexc.GoogleAPICallError, gexc.RetryError, OSError)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class BatchFiles:
             return bool(blob.exists(if_generation_match=int(generation)))
         except gexc.PreconditionFailed:
             return False  # a newer upload replaced that version
-        except _GCS_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch bucket is unavailable") from err
 
     def local_copy(self, location: Location) -> Path:
@@ -101,7 +102,7 @@ class BatchFiles:
         except gexc.NotFound:
             path.unlink(missing_ok=True)
             raise FileNotFoundError(location.uri) from None
-        except _GCS_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable(f"cannot read {location.uri}") from err
         return path
 
@@ -113,7 +114,7 @@ class BatchFiles:
             return bytes(self._blob(location).download_as_bytes())
         except gexc.NotFound:
             return None
-        except _GCS_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable(f"cannot read {location.uri}") from err
 
     def write_bytes(self, location: Location, data: bytes) -> None:
@@ -130,7 +131,7 @@ class BatchFiles:
             return
         try:
             self._blob(location).upload_from_string(data, content_type="application/jsonl")
-        except _GCS_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable(f"cannot write {location.uri}") from err
 
     def delete(self, location: Location) -> None:
@@ -141,7 +142,7 @@ class BatchFiles:
             self._blob(location).delete()
         except gexc.NotFound:
             pass
-        except _GCS_ERRORS as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable(f"cannot delete {location.uri}") from err
 
     def work_path(self, location: Location) -> Path:

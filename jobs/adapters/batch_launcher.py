@@ -17,8 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ class CloudRunBatchLauncher:
         try:
             operation = self._jobs().run_job(request=run_v2.RunJobRequest(name=self._name, overrides=overrides),
                                              timeout=30)
-        except (gexc.GoogleAPICallError, gexc.RetryError) as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch job could not be started") from err
         # The operation runs as long as the execution; its name is the handle (we never wait on it here).
         return str(operation.operation.name)

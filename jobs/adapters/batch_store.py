@@ -14,19 +14,20 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, conditional_update
+from jobs.adapters.firestore_writes import RETRY, TIMEOUT, conditional_update
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.batch_state import BatchStatus
 from jobs.batches import BatchRecord, Mutation
+from jobs.constants import BATCHES_COLLECTION
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
 
-BATCHES = "batches"
 _UPDATE_ATTEMPTS = 10
 
 
 class FirestoreBatchStore:
-    def __init__(self, client: firestore.Client, *, collection: str = BATCHES) -> None:
+    def __init__(self, client: firestore.Client, *, collection: str = BATCHES_COLLECTION) -> None:
         self._client = client
         self._batches = client.collection(collection)
 
@@ -35,21 +36,21 @@ class FirestoreBatchStore:
             self._batches.document(record.id).create(record.to_document(), timeout=TIMEOUT, retry=RETRY)
         except gexc.Conflict:
             return False
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
         return True
 
     def get(self, batch_id: str) -> BatchRecord | None:
         try:
             snapshot = self._batches.document(batch_id).get(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
         return _record(snapshot.id, snapshot.to_dict()) if snapshot.exists else None
 
     def delete(self, batch_id: str) -> None:
         try:
             self._batches.document(batch_id).delete(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
 
     def update(self, batch_id: str, mutate: Mutation) -> tuple[BatchRecord | None, bool]:
@@ -66,7 +67,7 @@ class FirestoreBatchStore:
                  .where(filter=FieldFilter("updated_at", "<", updated_before)).limit(limit))
         try:
             return [_record(s.id, s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:

@@ -14,7 +14,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from jobs.adapters.firestore_writes import RETRY, TIMEOUT, UNAVAILABLE, OwnWrites, conditional_update
+from jobs.adapters.firestore_writes import RETRY, TIMEOUT, OwnWrites, conditional_update
+from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.constants import JOBS_COLLECTION, REQUEST_SUBCOLLECTION
 from jobs.errors import DependencyUnavailable, PayloadTooLarge
 from jobs.models import JobMessage, JobRecord
@@ -58,21 +59,21 @@ class FirestoreJobStore:
             batch.commit(timeout=TIMEOUT, retry=RETRY)
         except gexc.Conflict:  # AlreadyExists: the idempotency key was used before
             return False
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return True
 
     def get(self, job_id: str) -> JobRecord | None:
         try:
             snapshot = self._jobs.document(job_id).get(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def get_message(self, job_id: str) -> JobMessage | None:
         try:
             snapshot = self._jobs.document(job_id).collection(REQUEST_SUBCOLLECTION).document("body").get(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return JobMessage.model_validate_json(snapshot.get("message")) if snapshot.exists else None
 
@@ -83,7 +84,7 @@ class FirestoreJobStore:
         batch.delete(ref)
         try:
             batch.commit(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
     def update(self, job_id: str, mutate: Mutation) -> tuple[JobRecord | None, bool]:
@@ -152,7 +153,7 @@ class FirestoreJobStore:
                    .where(filter=FieldFilter("lease_expires_at", "<", lease_expired_before)).limit(limit))
         try:
             return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=TIMEOUT, retry=RETRY)]
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 
     def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
@@ -165,6 +166,6 @@ class FirestoreJobStore:
         counting: Any = query.count()  # the client types where() as returning a class, not an instance
         try:
             result = counting.get(timeout=TIMEOUT, retry=RETRY)
-        except UNAVAILABLE as err:
+        except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
         return int(result[0][0].value)

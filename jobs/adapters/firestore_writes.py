@@ -24,9 +24,6 @@ TIMEOUT = 10.0
 TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
              gexc.Cancelled, gexc.Unknown, gexc.TooManyRequests)  # TooManyRequests: ResourceExhausted too
 RETRY = Retry(predicate=if_exception_type(*TRANSIENT), timeout=TIMEOUT, initial=0.1, maximum=2.0)
-# What is left once the retries are spent, and the classes no retry helps (PermissionDenied from a
-# misconfigured deployment), become DependencyUnavailable: see google_errors.py.
-UNAVAILABLE = CLIENT_ERRORS
 
 RecordT = TypeVar("RecordT")
 
@@ -106,6 +103,6 @@ def conditional_update(
             if own_writes is not None:
                 own_writes.put(ref.path, result.update_time, new)
             return new, True
-    except UNAVAILABLE as err:
+    except CLIENT_ERRORS as err:
         raise DependencyUnavailable(f"the {what} store is unavailable") from err
     raise DependencyUnavailable(f"{what} {ref.id} is changing too often to update; retry")

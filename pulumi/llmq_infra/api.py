@@ -15,11 +15,16 @@ from typing import Any
 import pulumi_gcp as gcp
 
 import pulumi
-from jobs.constants import AUTH_MODES, MAX_WAIT_SECONDS, QUOTA_QUEUED_JOBS, QUOTA_SUBMISSIONS_PER_MINUTE
+from jobs.constants import (
+    AUTH_MODES,
+    MAX_WAIT_SECONDS,
+    ONDEMAND_PREFIX,
+    QUOTA_QUEUED_JOBS,
+    QUOTA_SUBMISSIONS_PER_MINUTE,
+)
 from llmq_infra.common import child_options, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
-ONDEMAND_PREFIX = "inbox-ondemand/"  # jobs.batch_service.ONDEMAND_PREFIX: where submit writes inline input
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 # Requests one function instance takes at once (gunicorn threads). Submit: its admission works on 32 at a
 # time and queues the rest for up to 30 s (jobs/adapters/admission.py); one local instance held 200

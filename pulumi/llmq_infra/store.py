@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 import pulumi_gcp as gcp
 
 import pulumi
+from jobs.constants import BATCHES_COLLECTION, TTL_FIELD
 from jobs.constants import JOBS_COLLECTION as JOBS
 from jobs.constants import REQUEST_SUBCOLLECTION as REQUEST  # jobs/{id}/request/body (a collection group)
-from jobs.constants import TTL_FIELD
 from llmq_infra.common import child_options
-
-BATCHES = "batches"  # jobs.adapters.batch_store's collection
 
 # Timestamps on `jobs` no query filters on by themselves. Firestore indexes every field by
 # default, and an indexed, ever-increasing value caps a collection at ~500 writes/s (hotspot):
@@ -29,7 +27,7 @@ COMPOSITE_INDEXES: dict[str, tuple[str, str, str]] = {  # name: (collection, equ
     "queued-created": (JOBS, "status", "created_at"),  # status == queued AND created_at < T
     "running-lease": (JOBS, "status", "lease_expires_at"),  # status == running AND lease_expires_at < T
     "tenant-created": (JOBS, "tenant", "created_at"),  # tenant == T AND created_at >= now - 1 min (quota)
-    "open-updated": (BATCHES, "status", "updated_at"),  # status IN [...] AND updated_at < T (stale batches)
+    "open-updated": (BATCHES_COLLECTION, "status", "updated_at"),  # status IN [...] AND updated_at < T (stale batches)
 }
 
 
@@ -115,7 +113,7 @@ class Store(pulumi.ComponentResource):
 
         # TTL: one field per collection group; the TTL field itself is not indexed. The request copy is
         # a subcollection, which a parent's deletion does not remove: it carries its own expire_at.
-        for collection in (JOBS, BATCHES, REQUEST):
+        for collection in (JOBS, BATCHES_COLLECTION, REQUEST):
             previous.append(gcp.firestore.Field(
                 f"{name}-{collection}-expire-at-ttl",
                 project=args.project,
