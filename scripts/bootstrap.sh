@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs requirements.txt into it; does nothing when both are current.
+# Creates .venv and installs requirements.txt into it, and the workflows emulator beside it; does nothing
+# when they are current.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -16,4 +17,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
   echo "$want" > "$stamp"
 fi
+# The PyPI workflows-emulator runs workflows/nightly_batch.yaml in the tests, from a virtualenv of its own
+# (.local/workflows-emulator: its fastapi pin conflicts with this project's starlette).
+.venv/bin/python -c "from workflows.local_driver import emulator; emulator()"
 command -v gcloud >/dev/null || { echo "gcloud (with the Pub/Sub and Firestore emulators) is required" >&2; exit 1; }

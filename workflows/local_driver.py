@@ -37,13 +37,14 @@ class WorkflowFailed(Exception):
 
 
 def emulator(venv: Path = EMULATOR_VENV) -> Path:
-    """The emulator's command, installing it into `venv` first if it is not there (needs PyPI)."""
-    command = venv / "bin" / "workflows-emulator"
-    if not command.exists():
+    """The emulator's command, installing it into `venv` first unless this version is there (needs PyPI)."""
+    command, stamp = venv / "bin" / "workflows-emulator", venv / ".installed-version"
+    if not (command.exists() and stamp.is_file() and stamp.read_text() == EMULATOR_VERSION):
         log.info("installing workflows-emulator %s into %s", EMULATOR_VERSION, venv)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"workflows-emulator=={EMULATOR_VERSION}"],
                        check=True)
+        stamp.write_text(EMULATOR_VERSION)  # written last: an interrupted install is redone
     return command
 
 
