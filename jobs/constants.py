@@ -47,3 +47,5 @@ RECONCILE_LEASE_LAPSED_SECONDS = 120  # the reconciler re-publishes a job whose 
 
 # Where Google publishes the certificates of its ID-token signers (jobs/adapters/id_tokens.py).
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+MAX_TTL_SECONDS = 30 * 86400  # a job's longest ttl_seconds; the results bucket keeps objects as long

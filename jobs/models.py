@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
+from jobs.constants import MAX_TTL_SECONDS
 from jobs.engine import ChatTurn, GenerationRequest, SamplingOptions
 from jobs.state import JobStatus
 
@@ -21,7 +22,7 @@ MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_LENGTH = 256
 MAX_METADATA_PAIRS = 16  # OpenAI's limits for metadata
 MAX_METADATA_VALUE = 512
-MIN_TTL_SECONDS, MAX_TTL_SECONDS = 60, 30 * 86400
+MIN_TTL_SECONDS = 60
 MAX_DEADLINE_SECONDS = 7 * 86400
 DEFAULT_TTL_SECONDS = 86400
 DEFAULT_MAX_TOKENS = 256
@@ -142,7 +143,9 @@ class JobErrorCode(str, Enum):
 
 
 class JobErrorInfo(BaseModel):
-    code: JobErrorCode
+    # Written as a JobErrorCode; read as any string too, so a document a newer version wrote (a code this
+    # one does not know, during a rolling deploy) stays readable.
+    code: Annotated[JobErrorCode | str, Field(union_mode="left_to_right")]
     message: str
 
 

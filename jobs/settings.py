@@ -44,6 +44,10 @@ class ApiSettings(BaseSettings):
     # here (jobs/adapters/id_tokens.py), and the tenant each acts as: the nightly workflow, whose Workflows
     # OIDC auth cannot send a key. Their tokens must name token_audience. Empty: keys only.
     token_tenants: dict[str, str] = Field(default_factory=dict)
+    # Who verifies those tokens: "cloud_run" where the API is not public (IAM checks them at the door, for
+    # the function's URL as audience, and strips their signature), "function" where it is public (verified
+    # here, for token_audience, with Google's certificates).
+    token_checked_by: Literal["cloud_run", "function"] = "cloud_run"
     token_audience: str = ""
     token_certs_url: str = constants.GOOGLE_CERTS_URL
     # Per-tenant quotas (0: no limit), counted without a hot document (jobs/quotas.py).
@@ -72,8 +76,8 @@ class ApiSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tokens_name_their_audience(self) -> ApiSettings:
-        if self.token_tenants and not self.token_audience:
-            raise ValueError("token_tenants needs token_audience")
+        if self.token_tenants and self.token_checked_by == "function" and not self.token_audience:
+            raise ValueError("token_tenants checked by the function need token_audience")
         return self
 
     @property

@@ -54,11 +54,10 @@ models_json = json.dumps([m.catalog_entry() for m in s.models])
 # batch component, which exists only once the image is built); the batch component grants submit's
 # identity the right to run it.
 batch_job_name = s.name("batch")
-# In api_key mode the functions verify the nightly workflow's ID tokens themselves (jobs/adapters/caller.py):
-# its service account's email is known before the account exists, and it acts as the tenant "nightly".
+# In api_key mode the nightly workflow calls with ID tokens instead of a key (jobs/adapters/caller.py): its
+# service account's email is known before the account exists, and it acts as the tenant "nightly".
 nightly_token_tenants = ({f"{s.account_id('workflow')}@{project}.iam.gserviceaccount.com": "nightly"}
                          if s.image_built and s.api_auth_mode == "api_key" else {})
-api_token_audience = s.name("api")
 
 api = Api("api", ApiArgs(
     project=project, region=region, database=s.database,
@@ -67,7 +66,7 @@ api = Api("api", ApiArgs(
     jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
     models_json=models_json, max_instances=s.api_max_instances,
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
-    token_tenants=nightly_token_tenants, token_audience=api_token_audience if nightly_token_tenants else "",
+    token_tenants=nightly_token_tenants, token_audience=s.name("api"),
     quota_submissions_per_minute=s.quota_submissions_per_minute, quota_queued_jobs=s.quota_queued_jobs,
     invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
 maintenance = Maintenance("maintenance", MaintenanceArgs(
@@ -132,7 +131,7 @@ if s.image_built:
         schedule=s.batch_schedule, time_zone=s.batch_time_zone, workflow_source=workflow_source,
         gpu_zonal_redundancy=s.gpu_zonal_redundancy, launcher_members=[api.submit_member],
         submit_url=api.submit_url, status_url=api.status_url,
-        api_audience=api_token_audience if nightly_token_tenants else "",
+        api_audience=api.token_audience,
         api_services=[api.submit.service_name, api.status.service_name], labels=labels),
         opts=after_apis)
 

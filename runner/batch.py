@@ -49,7 +49,15 @@ from jobs.batches import (
     parse_lines,
     task_share,
 )
-from jobs.engine import Engine, EngineDead, EngineError, FinishReason, GenerationUpdate, PromptTooLong
+from jobs.engine import (
+    Engine,
+    EngineDead,
+    EngineError,
+    FinishReason,
+    GenerationUpdate,
+    PromptTooLong,
+    RequestRejected,
+)
 from jobs.errors import DependencyUnavailable
 from jobs.models import Usage
 from jobs.service import utcnow
@@ -239,7 +247,7 @@ class BatchRunner:
                     raise EngineError("the generation ended without a result")
             except PromptTooLong as err:
                 return self._failed(item, ErrorCode.CONTEXT_LENGTH_EXCEEDED, str(err))
-            except ValueError as err:  # the engine's own validation: permanent for this request
+            except RequestRejected as err:  # the engine's own validation: permanent for this request
                 return self._failed(item, ErrorCode.INVALID_BODY, str(err)[:500])
             except EngineDead:
                 raise

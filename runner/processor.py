@@ -176,14 +176,15 @@ class JobProcessor:
         log.info("claimed", extra={"job_id": job_id, "delivery": owner, "attempt": record.attempts})
 
         try:
-            update, timings = await self._generate(message, record, owner)
+            try:
+                update, timings = await self._generate(message, record, owner)
+            except PromptTooLong as err:
+                await self._fail(job_id, owner, JobErrorCode.CONTEXT_LENGTH_EXCEEDED, str(err))
+                return Outcome.failed("failed: prompt too long")
+            except RequestRejected as err:
+                await self._fail(job_id, owner, JobErrorCode.REJECTED_BY_ENGINE, str(err)[:500])
+                return Outcome.failed("failed: rejected by the engine")
             return await self._finish(record, owner, update, timings)
-        except PromptTooLong as err:
-            await self._fail(job_id, owner, JobErrorCode.CONTEXT_LENGTH_EXCEEDED, str(err))
-            return Outcome.failed("failed: prompt too long")
-        except RequestRejected as err:
-            await self._fail(job_id, owner, JobErrorCode.REJECTED_BY_ENGINE, str(err)[:500])
-            return Outcome.failed("failed: rejected by the engine")
         except BaseException:
             # Retryable trouble, a dead engine or shutdown: hand the job back at once rather than
             # at lease expiry, so the redelivery can take it over.

@@ -68,6 +68,13 @@ class RunnerSettings(BaseSettings):
     stream_interval_seconds: float = constants.STREAM_INTERVAL_SECONDS
 
     @model_validator(mode="after")
+    def _push_tokens_name_their_account(self) -> RunnerSettings:
+        # An audience alone would let any Google identity that mints a token for it push jobs.
+        if self.push_audience and not self.push_service_account:
+            raise ValueError("push_audience needs push_service_account")
+        return self
+
+    @model_validator(mode="after")
     def _batch_keeps_a_slot(self) -> RunnerSettings:
         if not 0 <= self.interactive_reserved_slots < self.max_inflight:
             raise ValueError("interactive_reserved_slots must be at least 0 and below max_inflight")

@@ -4,9 +4,11 @@ mapping and the job's life as the API shows it. The emulator suite checks the sa
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,21 +178,63 @@ WORKFLOW_ACCOUNT = "llmq-workflow@llmq-test.iam.gserviceaccount.com"
 TOKEN_AUDIENCE = "llmq-api"
 
 
+@contextmanager
+def api_with(monkeypatch: pytest.MonkeyPatch, **env: str) -> Iterator[Api]:
+    """The functions over in-memory ports, with these LLMQ_ settings."""
+    for name, value in env.items():
+        monkeypatch.setenv(f"LLMQ_{name.upper()}", value)
+    api_settings.cache_clear()
+    try:
+        yield Api()
+    finally:
+        wiring.use_ports(None)
+        monkeypatch.undo()
+        api_settings.cache_clear()
+
+
 @pytest.fixture()
 def token_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Api, Signer]]:
-    """api_key mode with the nightly workflow's identity allowed to call with ID tokens, signed here."""
+    """api_key mode on a public API: the nightly workflow's ID tokens (signed here) verified by the function."""
     signer = Signer("google-key-fast")
-    with serving_certs(signer) as certs_url:
-        monkeypatch.setenv("LLMQ_TOKEN_TENANTS", json.dumps({WORKFLOW_ACCOUNT: "nightly"}))
-        monkeypatch.setenv("LLMQ_TOKEN_AUDIENCE", TOKEN_AUDIENCE)
-        monkeypatch.setenv("LLMQ_TOKEN_CERTS_URL", certs_url)
-        api_settings.cache_clear()
-        try:
-            yield Api(), signer
-        finally:
-            wiring.use_ports(None)
-            monkeypatch.undo()
-            api_settings.cache_clear()
+    with serving_certs(signer) as certs_url, api_with(
+            monkeypatch, token_tenants=json.dumps({WORKFLOW_ACCOUNT: "nightly"}), token_checked_by="function",
+            token_audience=TOKEN_AUDIENCE, token_certs_url=certs_url) as api:
+        yield api, signer
+
+
+def _iam_verified(claims: dict[str, object]) -> str:
+    """A token as the function sees it behind Cloud Run IAM: verified at the door, its signature stripped."""
+    part = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    return f"Bearer header.{part}."
+
+
+def test_iam_mode_takes_the_tenant_from_the_token_iam_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with api_with(monkeypatch, auth_mode="iam", iam_tenants=json.dumps({"a@example.com": "acme"})) as api:
+        for email, tenant in (("a@example.com", "acme"), ("ci@p.iam.gserviceaccount.com", "ci@p.iam.gserviceaccount.com")):
+            answer = api.submit.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": _iam_verified({"email": email})})
+            assert answer.status_code == 202
+            assert api.store.records[answer.get_json()["id"]].tenant == tenant
+        # With X-Serverless-Authorization, that is the header IAM checked; Authorization passed unchecked.
+        forged = {"X-Serverless-Authorization": _iam_verified({"email": "ci@p.iam.gserviceaccount.com"}),
+                  "Authorization": _iam_verified({"email": "a@example.com"})}
+        answer = api.submit.post("/v1/jobs", json={"prompt": "x"}, headers=forged)
+        assert api.store.records[answer.get_json()["id"]].tenant == "ci@p.iam.gserviceaccount.com"
+        for bad in ("Bearer", "Bearer x", _iam_verified({"sub": "no email"}), "Basic abc"):
+            assert api.submit.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": bad}).status_code == 401
+
+
+def test_behind_iam_the_workflows_token_acts_as_its_tenant_and_nobody_elses(monkeypatch: pytest.MonkeyPatch) -> None:
+    with api_with(monkeypatch, token_tenants=json.dumps({WORKFLOW_ACCOUNT: "nightly"})) as api:  # checked by Cloud Run
+        answer = api.submit.post("/v1/jobs", json={"prompt": "x"},
+                                 headers={"Authorization": _iam_verified({"email": WORKFLOW_ACCOUNT})})
+        assert answer.status_code == 202 and api.store.records[answer.get_json()["id"]].tenant == "nightly"
+        # Another invoker's token, or a forged Authorization beside the token IAM checked: no tenant.
+        other = _iam_verified({"email": "someone@p.iam.gserviceaccount.com"})
+        for headers in ({"Authorization": other},
+                        {"X-Serverless-Authorization": other,
+                         "Authorization": _iam_verified({"email": WORKFLOW_ACCOUNT})}):
+            assert api.submit.post("/v1/jobs", json={"prompt": "x"}, headers=headers).status_code == 401
+        assert api.create().status_code == 202  # keys still work
 
 
 def test_the_workflows_id_token_acts_as_its_tenant_and_keys_still_work(token_api: tuple[Api, Signer]) -> None:
@@ -213,6 +257,21 @@ def test_other_id_tokens_are_401_and_write_nothing(token_api: tuple[Api, Signer]
     forged = {"Authorization": f"Bearer {signer.token(**claims)}"}
     answer = api.submit.post("/v1/jobs", json={"prompt": "nightly"}, headers=forged)
     assert answer.status_code == 401 and api.store.records == {}
+
+
+@pytest.mark.parametrize("impostor", ["google-key-fast", "another-key"])
+def test_a_token_signed_by_another_key_is_401(token_api: tuple[Api, Signer], impostor: str) -> None:
+    api, _ = token_api  # an impostor's key, under the trusted key's id or its own: no certificate matches
+    token = Signer(impostor).token(aud=TOKEN_AUDIENCE, email=WORKFLOW_ACCOUNT)
+    answer = api.submit.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401 and api.store.records == {}
+
+
+def test_a_token_from_another_issuer_is_401(token_api: tuple[Api, Signer]) -> None:
+    api, signer = token_api
+    token = signer.token(aud=TOKEN_AUDIENCE, email=WORKFLOW_ACCOUNT, iss="https://issuer.example.test")
+    answer = api.submit.post("/v1/jobs", json={"prompt": "x"}, headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
 
 
 def test_without_token_tenants_a_token_is_just_a_bad_key(api: Api) -> None:

@@ -182,24 +182,6 @@ def test_dead_letter_spares_finished_and_live_leased_jobs() -> None:
     assert queued is not None and queued.status is JobStatus.FAILED
 
 
-def test_iam_mode_reads_the_tenant_from_the_verified_token() -> None:
-    import base64
-    import json
-
-    from jobs.adapters.caller import _iam_tenant
-    from jobs.errors import Unauthenticated
-
-    def token(claims: dict[str, object]) -> str:
-        part = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
-        return f"Bearer header.{part}.signature"  # the platform verified the signature already
-
-    assert _iam_tenant(token({"email": "ci@p.iam.gserviceaccount.com"}), {}) == "ci@p.iam.gserviceaccount.com"
-    assert _iam_tenant(token({"email": "a@example.com"}), {"a@example.com": "acme"}) == "acme"
-    for bad in (None, "Bearer", "Bearer x", token({"sub": "no email"}), "Basic abc"):
-        with pytest.raises(Unauthenticated):
-            _iam_tenant(bad, {})
-
-
 def test_api_key_authenticator_caches_and_refuses() -> None:
     from jobs.auth import ApiKey, ApiKeyAuthenticator, hash_key, new_key
     from jobs.errors import Unauthenticated

@@ -104,7 +104,8 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
 
 _RESERVED_FIELD = st.from_regex(r"\A__[A-Za-z0-9_-]{0,16}__\Z")
 _DOCUMENT_ID = st.one_of(
-    st.sampled_from([".", "..", "__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "a" * 1600]),
+    # (`.` and `..` are left out: the client resolves them out of the path before it is sent.)
+    st.sampled_from(["__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "a" * 1600, "%", "\\"]),
     _RESERVED_FIELD,
     st.text(min_size=1, max_size=200),
 )

@@ -593,18 +593,28 @@ def test_workflow_calls_the_api_and_writes_no_firestore(deployment: Deployment) 
     assert env["LLMQ_BATCH_BUCKET"] == BATCH_BUCKET
     assert env["LLMQ_SUBMIT_URL"].startswith("https://") and env["LLMQ_STATUS_URL"].startswith("https://")
     assert "LLMQ_API_KEY" not in env and "LLMQ_STORAGE_URL" not in env  # production: OIDC, OAuth2, real GCS
-    # api_key mode (the default): the functions verify the workflow's ID tokens themselves, for one audience
-    # and this one identity, which acts as the tenant "nightly".
+    # api_key mode (the default) on an API that is not public (the default): the workflow's ID tokens are for
+    # the functions' URLs, Cloud Run IAM checks them, and this one identity acts as the tenant "nightly".
     for function in ("submit", "status"):
         _, settings = api_settings_of(deployment, function)
         assert settings.token_tenants == {workflow["serviceAccount"]: "nightly"}
-        assert settings.token_audience == env["LLMQ_API_AUDIENCE"] == "llmq-api"
+        assert settings.token_checked_by == "cloud_run" and settings.token_audience == env["LLMQ_API_AUDIENCE"] == ""
+
     # It may invoke the two API functions (OIDC through Cloud Run IAM), move batch files, write logs;
     # no Firestore role, and the GPU job is run by the API, not by the workflow.
     roles = {role for _scope, role in deployment.roles_of(account)}
     assert roles == {"roles/run.invoker", "roles/storage.objectUser", "roles/logging.logWriter"}
     assert {g.inputs["member"] for g in deployment.of(JOB_GRANT)} == {deployment.account("llmq-submit")}
     assert not [g for g in deployment.grants() if g.inputs["role"] == "roles/run.developer"]
+
+
+def test_on_a_public_api_the_functions_check_the_workflows_tokens_for_their_own_audience(infra: None) -> None:
+    d = deploy({**CONFIG, "llmq:apiInvokers": json.dumps(["allUsers"])})
+    env = d.one("gcp:workflows/workflow:Workflow").inputs["userEnvVars"]
+    for function in ("submit", "status"):
+        _, settings = api_settings_of(d, function)
+        assert settings.token_checked_by == "function"  # nobody else checks them on a public endpoint
+        assert settings.token_audience == env["LLMQ_API_AUDIENCE"] == "llmq-api"
 
 
 # --- identities -------------------------------------------------------------------------------

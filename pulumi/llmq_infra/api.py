@@ -22,10 +22,9 @@ from jobs.constants import (
     QUOTA_QUEUED_JOBS,
     QUOTA_SUBMISSIONS_PER_MINUTE,
 )
-from llmq_infra.common import child_options, firestore_condition
+from llmq_infra.common import PUBLIC_MEMBERS, child_options, firestore_condition
 from llmq_infra.function import HttpFunction, HttpFunctionArgs
 
-PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 # Requests one function instance takes at once (gunicorn threads). Submit: its admission works on 32 at a
 # time and queues the rest for up to 30 s (jobs/adapters/admission.py); one local instance held 200
 # concurrent clients without an error (BENCHMARKS.md, "Submit under load"; at 500 the local emulator was the
@@ -68,8 +67,9 @@ class ApiArgs:
     batch_job: str
     # How the functions authenticate callers (jobs/adapters/caller.py) and the per-tenant quotas.
     auth_mode: str = "api_key"
-    # api_key mode: service accounts that may call with a Google ID token naming token_audience instead of a
-    # key (the nightly workflow's), and their tenants.
+    # api_key mode: service accounts that may call with a Google ID token instead of a key (the nightly
+    # workflow's), and their tenants. Cloud Run IAM checks those tokens where the API is not public; where it
+    # is, the functions do, for token_audience (exported as `token_audience`, for the callers).
     token_tenants: dict[str, str] = field(default_factory=dict)
     token_audience: str = ""
     quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE
@@ -82,6 +82,7 @@ class ApiArgs:
 
 
 class Api(pulumi.ComponentResource):
+    token_audience: str
     submit: HttpFunction
     status: HttpFunction
     submit_member: pulumi.Output[str]  # serviceAccount:<submit identity>, for the batch job's launcher grant
@@ -111,9 +112,14 @@ class Api(pulumi.ComponentResource):
             "LLMQ_MODELS": args.models_json,
             "LLMQ_AUTH_MODE": args.auth_mode,
         }
+        public = any(m in PUBLIC_MEMBERS for m in args.invokers)
+        # The audience the token callers must use: "" for the functions' URLs (what IAM checks).
+        self.token_audience = args.token_audience if args.token_tenants and public else ""
         if args.token_tenants:
             env["LLMQ_TOKEN_TENANTS"] = json.dumps(args.token_tenants)
-            env["LLMQ_TOKEN_AUDIENCE"] = args.token_audience
+            env["LLMQ_TOKEN_CHECKED_BY"] = "function" if public else "cloud_run"
+            if public:
+                env["LLMQ_TOKEN_AUDIENCE"] = args.token_audience
         # Only submit creates jobs and batches: the quotas, the batch bucket and the job it launches.
         submit_env: dict[str, pulumi.Input[str]] = {
             **env,

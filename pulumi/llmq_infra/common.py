@@ -8,6 +8,9 @@ import pulumi_gcp as gcp
 
 import pulumi
 
+# IAM members that make a resource public.
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+
 # Every managed resource of a component waits for the component's own dependencies (the enabled
 # APIs): Pulumi does not pass a component's depends_on down to its children.
 

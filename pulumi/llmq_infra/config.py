@@ -18,11 +18,12 @@ from jobs.constants import (
     AUTH_MODES,
     MAX_CONCURRENCY,
     MAX_INFLIGHT,
+    MAX_TTL_SECONDS,
     QUOTA_QUEUED_JOBS,
     QUOTA_SUBMISSIONS_PER_MINUTE,
     RECONCILE_LEASE_LAPSED_SECONDS,
 )
-from jobs.models import MAX_TTL_SECONDS
+from llmq_infra.common import PUBLIC_MEMBERS
 
 # Cloud Run regions that offer NVIDIA L4 GPUs (Cloud Run GPU docs; the list grows — extend it here
 # when Google adds one, rather than letting a deploy fail on the first GPU revision).
@@ -38,7 +39,6 @@ MAX_RUN_TIMEOUT_SECONDS = 3600
 MIN_GPU_MEMORY_GIB = 16
 
 _NAME = re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$")
-PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$")
 
 
