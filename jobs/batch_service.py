@@ -6,7 +6,7 @@ derived from it (`batches.nightly_batch_id`), so asking again returns that batch
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Literal
 
@@ -52,9 +52,12 @@ class CreateBatchRequest(BaseModel):
 
 class BatchService:
     def __init__(self, *, store: BatchStore, inputs: BatchInputs, launcher: BatchLauncher, bucket: str,
-                 ttl_seconds: int = batches.DEFAULT_BATCH_TTL_SECONDS,
+                 ttl_seconds: int = batches.DEFAULT_BATCH_TTL_SECONDS, nightly_tenants: Collection[str] = (),
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._store = store
+        # Who may name inbox/ objects: the nightly run's own tenant. Anyone else could otherwise create an
+        # inbox file's batch first, own it, and the nightly run would be refused it every night.
+        self._nightly_tenants = frozenset(nightly_tenants)
         self._inputs = inputs
         self._launcher = launcher
         self._bucket = bucket
@@ -73,7 +76,7 @@ class BatchService:
         batch_id = batches.new_batch_id()
         inline = request.input_uri is None
         if request.input_uri is not None:
-            input_uri = self._check_input_uri(request.input_uri, generation=None)
+            input_uri = self._check_input_uri(request.input_uri, generation=None, tenant=tenant)
         else:
             input_uri = f"gs://{self._bucket}/{ONDEMAND_PREFIX}{batch_id}.jsonl"
             assert request.input_jsonl is not None
@@ -89,11 +92,12 @@ class BatchService:
 
     def _create_for_version(self, uri: str, generation: str, request: CreateBatchRequest, *,
                             tenant: str) -> tuple[BatchRecord, bool]:
-        input_uri = self._check_input_uri(uri, generation=generation)
+        input_uri = self._check_input_uri(uri, generation=generation, tenant=tenant)
         name = input_uri[len(f"gs://{self._bucket}/"):]
         batch_id = batches.nightly_batch_id(self._bucket, name, generation)
         source = "nightly" if name.startswith(NIGHTLY_PREFIX) else "api"
-        record = self._new_record(batch_id, input_uri, request, tenant=tenant, source=source)
+        # The batch reads this version only (gsutil's `#generation`), not a later upload under the same name.
+        record = self._new_record(batch_id, f"{input_uri}#{generation}", request, tenant=tenant, source=source)
         if self._store.create(record):
             return self._launch(record, undo=lambda: self._undo(batch_id, None)), True
         existing = self._store.get(batch_id)
@@ -152,14 +156,15 @@ class BatchService:
             raise NotFound(f"batch {batch_id} not found")
         return record
 
-    def _check_input_uri(self, uri: str, *, generation: str | None) -> str:
+    def _check_input_uri(self, uri: str, *, generation: str | None, tenant: str) -> str:
         prefix = f"gs://{self._bucket}/"
         name = uri[len(prefix):] if uri.startswith(prefix) else ""
-        reserved = _RESERVED_PREFIXES if generation is not None else (*_RESERVED_PREFIXES, NIGHTLY_PREFIX)
+        nightly = generation is not None and tenant in self._nightly_tenants
+        reserved = _RESERVED_PREFIXES if nightly else (*_RESERVED_PREFIXES, NIGHTLY_PREFIX)
         if not name or name.endswith("/") or name.startswith(reserved):
             raise InvalidRequest(
                 f"input_uri must be an object in the batch bucket ({prefix}...), outside {', '.join(reserved)}"
-                + ("" if generation is not None else f" ({NIGHTLY_PREFIX} only with input_generation)"),
+                + ("" if nightly else f" ({NIGHTLY_PREFIX} is the nightly run's, with input_generation)"),
                 details=[{"field": "input_uri", "code": "invalid_uri", "message": f"an object under {prefix}"}])
         if (problem := object_name_problem(name)) is not None:
             raise InvalidRequest(f"input_uri names no possible object: {problem}",

@@ -73,6 +73,8 @@ class ApiSettings(BaseSettings):
     batch_log_dir: str = ""  # local launcher: where each batch's log goes; empty: discarded
     batch_local_max_running: int = 2  # local launcher: runners at once (each loads a model); others wait
     batch_ttl_seconds: int = 30 * 86400  # batches/{id} expire_at
+    # The tenants that may ask for a batch of an inbox/ object (the nightly workflow's); nobody by default.
+    nightly_tenants: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _tokens_name_their_audience(self) -> ApiSettings:

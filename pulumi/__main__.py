@@ -54,10 +54,12 @@ models_json = json.dumps([m.catalog_entry() for m in s.models])
 # batch component, which exists only once the image is built); the batch component grants submit's
 # identity the right to run it.
 batch_job_name = s.name("batch")
-# In api_key mode the nightly workflow calls with ID tokens instead of a key (jobs/adapters/caller.py): its
-# service account's email is known before the account exists, and it acts as the tenant "nightly".
-nightly_token_tenants = ({f"{s.account_id('workflow')}@{project}.iam.gserviceaccount.com": "nightly"}
-                         if s.image_built and s.api_auth_mode == "api_key" else {})
+# The nightly workflow calls the API with ID tokens (jobs/adapters/caller.py): in api_key mode its service
+# account (whose email is known before the account exists) acts as the tenant "nightly"; in iam mode its email
+# is its tenant. That tenant alone may ask for batches of inbox/ objects.
+workflow_email = f"{s.account_id('workflow')}@{project}.iam.gserviceaccount.com"
+nightly_token_tenants = {workflow_email: "nightly"} if s.image_built and s.api_auth_mode == "api_key" else {}
+nightly_tenants = ([] if not s.image_built else ["nightly"] if s.api_auth_mode == "api_key" else [workflow_email])
 
 api = Api("api", ApiArgs(
     project=project, region=region, database=s.database,
@@ -66,7 +68,7 @@ api = Api("api", ApiArgs(
     jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
     models_json=models_json, max_instances=s.api_max_instances,
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
-    token_tenants=nightly_token_tenants, token_audience=s.name("api"),
+    token_tenants=nightly_token_tenants, token_audience=s.name("api"), nightly_tenants=nightly_tenants,
     quota_submissions_per_minute=s.quota_submissions_per_minute, quota_queued_jobs=s.quota_queued_jobs,
     invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
 maintenance = Maintenance("maintenance", MaintenanceArgs(

@@ -269,6 +269,7 @@ class LocalStack:
             # On-demand batches (POST /v1/batches): no Cloud Run jobs here, so the submit function
             # starts `python -m runner.batch` as a subprocess; each batch logs to logs/batch-<id>.log.
             "LLMQ_BATCH_BUCKET": c.batch_bucket,
+            "LLMQ_NIGHTLY_TENANTS": json.dumps([c.tenant]),  # the stack's key runs the workflow locally
             "LLMQ_BATCH_LAUNCHER": "local",
             "LLMQ_BATCH_LOG_DIR": str(self.logs),
         })

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from jobs.auth import ApiKey
+from jobs.batches import BatchRecord
 from jobs.engine import (
     EngineInfo,
     EngineStats,
@@ -190,3 +191,71 @@ class InMemoryEngine:
 
     async def shutdown(self) -> None:
         return None
+
+
+class InMemoryBatchStore:
+    def __init__(self) -> None:
+        self.records: dict[str, BatchRecord] = {}
+        self._lock = threading.Lock()
+
+    def create(self, record: BatchRecord) -> bool:
+        with self._lock:
+            if record.id in self.records:
+                return False
+            self.records[record.id] = record
+            return True
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        return self.records.get(batch_id)
+
+    def delete(self, batch_id: str) -> None:
+        self.records.pop(batch_id, None)
+
+    def update(self, batch_id: str, mutate: Callable[[BatchRecord], BatchRecord | None]) -> tuple[BatchRecord | None, bool]:
+        with self._lock:
+            current = self.records.get(batch_id)
+            if current is None:
+                return None, False
+            new = mutate(current)
+            if new is None or new == current:
+                return current, False
+            self.records[batch_id] = new
+            return new, True
+
+    def find_stale(self, *, updated_before: datetime, limit: int) -> list[BatchRecord]:
+        return [r for r in self.records.values()
+                if not r.status.is_final and r.updated_at is not None and r.updated_at < updated_before][:limit]
+
+    def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
+        return lambda: None  # the fast tests do not watch batches
+
+
+class InMemoryBatchInputs:
+    """Bucket objects as {uri: (data, generation)}."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, int]] = {}
+
+    def exists(self, uri: str, *, generation: str | None = None) -> bool:
+        held = self.objects.get(uri)
+        return held is not None and (generation is None or str(held[1]) == generation)
+
+    def upload(self, uri: str, data: bytes) -> None:
+        self.objects[uri] = (data, self.objects.get(uri, (b"", 0))[1] + 1)
+
+    def delete(self, uri: str) -> None:
+        self.objects.pop(uri, None)
+
+
+class InMemoryLauncher:
+    """Records each launch; `failing` makes the next ones raise, as an unreachable Cloud Run API would."""
+
+    def __init__(self) -> None:
+        self.launched: list[dict[str, str]] = []
+        self.failing: Exception | None = None
+
+    def launch(self, *, batch_id: str, input_uri: str, output_prefix: str) -> str:
+        if self.failing is not None:
+            raise self.failing
+        self.launched.append({"batch_id": batch_id, "input_uri": input_uri, "output_prefix": output_prefix})
+        return f"executions/{len(self.launched)}"

@@ -25,7 +25,14 @@ from jobs.models import Usage
 from jobs.settings import api_settings
 from jobs.state import JobStatus
 from tests.id_tokens import Signer, serving_certs
-from tests.memory import InMemoryApiKeyStore, InMemoryJobStore, InMemoryPublisher
+from tests.memory import (
+    InMemoryApiKeyStore,
+    InMemoryBatchInputs,
+    InMemoryBatchStore,
+    InMemoryJobStore,
+    InMemoryLauncher,
+    InMemoryPublisher,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +43,9 @@ class Api:
         self.store, self.publisher = InMemoryJobStore(), InMemoryPublisher()
         self.keys = keys = InMemoryApiKeyStore(ApiKey(key_hash=hash_key(self.key), tenant="acme", name="test",
                                           created_at=datetime.now(UTC)))
-        wiring.use_ports(wiring.ApiPorts(jobs=self.store, batches=None, publisher=self.publisher,  # type: ignore[arg-type]
-                                         api_keys=keys))
+        wiring.use_ports(wiring.ApiPorts(jobs=self.store, batches=InMemoryBatchStore(), publisher=self.publisher,
+                                         api_keys=keys, batch_inputs=InMemoryBatchInputs(),
+                                         batch_launcher=InMemoryLauncher()))
         self.submit = _client("submit")
         self.status = _client("status")
         self.auth = {"Authorization": f"Bearer {self.key}"}

@@ -462,17 +462,20 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         env = {k: v for k, v in deployment.function(name).inputs["serviceConfig"]["environmentVariables"].items()
                if k.startswith("LLMQ_")}
         assert all(k[5:].lower() in fields for k in env), env
-        values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS") else v for k, v in env.items()}
+        values = {k[5:].lower(): json.loads(v) if k in JSON_SETTINGS else v for k, v in env.items()}
         settings = ApiSettings(**values)  # validates every value (models as ModelSpec, numbers)
         assert settings.project == PROJECT
         assert settings.topics == ["llmq-jobs"]  # production publishes to one topic
         assert settings.catalog.default.id == "qwen2.5-7b-instruct"
 
 
+JSON_SETTINGS = ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS", "LLMQ_NIGHTLY_TENANTS")
+
+
 def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettings]:
     env = {k: v for k, v in d.function(name).inputs["serviceConfig"]["environmentVariables"].items()
            if k.startswith("LLMQ_")}
-    values = {k[5:].lower(): json.loads(v) if k in ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS") else v for k, v in env.items()}
+    values = {k[5:].lower(): json.loads(v) if k in JSON_SETTINGS else v for k, v in env.items()}
     return env, ApiSettings(**values)
 
 
@@ -529,6 +532,7 @@ def test_api_auth_settings_reach_both_functions(infra: None) -> None:
     # Cloud Run IAM checks the workflow's tokens at the door: no tokens verified in the functions, and the
     # workflow's audience is each function's URL.
     assert submit.token_tenants == status.token_tenants == {}
+    assert submit.nightly_tenants == [f"llmq-workflow@{PROJECT}.iam.gserviceaccount.com"]  # its email: its tenant
     assert d.one("gcp:workflows/workflow:Workflow").inputs["userEnvVars"]["LLMQ_API_AUDIENCE"] == ""
     assert (submit.quota_submissions_per_minute, submit.quota_queued_jobs) == (30, 0)
 
@@ -599,6 +603,8 @@ def test_workflow_calls_the_api_and_writes_no_firestore(deployment: Deployment) 
         _, settings = api_settings_of(deployment, function)
         assert settings.token_tenants == {workflow["serviceAccount"]: "nightly"}
         assert settings.token_checked_by == "cloud_run" and settings.token_audience == env["LLMQ_API_AUDIENCE"] == ""
+    # ...and only that tenant may ask for batches of inbox/ objects.
+    assert api_settings_of(deployment, "submit")[1].nightly_tenants == ["nightly"]
 
     # It may invoke the two API functions (OIDC through Cloud Run IAM), move batch files, write logs;
     # no Firestore role, and the GPU job is run by the API, not by the workflow.

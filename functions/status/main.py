@@ -8,10 +8,9 @@ import time
 import flask
 import functions_framework
 
-from jobs.adapters.batch_wiring import batch_service
 from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document
-from jobs.adapters.wiring import job_service
+from jobs.adapters.wiring import batch_service, job_service
 from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound, PlatformError
 from jobs.settings import api_settings
 

@@ -8,10 +8,9 @@ import re
 import flask
 import functions_framework
 
-from jobs.adapters.batch_wiring import batch_service
 from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document, read_model
-from jobs.adapters.wiring import admission, job_service
+from jobs.adapters.wiring import admission, batch_service, job_service
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
 from jobs.models import JobRequest

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -28,15 +29,19 @@ from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
 log = logging.getLogger(__name__)
+_GENERATION = re.compile(r"^(?P<name>.+)#(?P<generation>[0-9]{1,20})$")
 
 
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """A file: `bucket` and `name` on GCS, or `name` as a local path when `bucket` is None."""
+    """A file: `bucket` and `name` on GCS, or `name` as a local path when `bucket` is None. On GCS
+    `generation` pins one version of the object (`gs://bucket/name#generation`, gsutil's notation): a batch
+    of one version never reads the content of a later upload under the same name."""
 
     bucket: str | None
     name: str
+    generation: int | None = None
 
     @classmethod
     def parse(cls, uri: str) -> Location:
@@ -44,6 +49,8 @@ class Location:
             bucket, _, name = uri[5:].partition("/")
             if not bucket:
                 raise ValueError(f"no bucket in {uri!r}")
+            if (pinned := _GENERATION.match(name)) is not None:
+                return cls(bucket, pinned["name"], int(pinned["generation"]))
             return cls(bucket, name)
         return cls(None, str(Path(uri).resolve()))
 
@@ -53,7 +60,9 @@ class Location:
 
     @property
     def uri(self) -> str:
-        return f"gs://{self.bucket}/{self.name}" if self.bucket else self.name
+        if not self.bucket:
+            return self.name
+        return f"gs://{self.bucket}/{self.name}" + (f"#{self.generation}" if self.generation is not None else "")
 
     def child(self, name: str) -> Location:
         """`name` inside this location taken as a folder (a gs:// prefix or a local directory)."""
@@ -73,7 +82,7 @@ class BatchFiles:
     def _blob(self, location: Location) -> Any:
         if self._storage is None:
             raise ValueError("gs:// locations need a storage client")
-        return self._storage.bucket(location.bucket).blob(location.name)
+        return self._storage.bucket(location.bucket).blob(location.name, generation=location.generation)
 
     def exists(self, location: Location, *, generation: str | None = None) -> bool:
         """Whether the file exists (for gs://, with `generation`: that version of the object is live)."""

@@ -8,13 +8,16 @@ from functools import lru_cache
 
 from jobs.adapters.admission import Admission
 from jobs.adapters.api_key_store import FirestoreApiKeyStore
+from jobs.adapters.batch_files import BatchFiles, BucketInputs
+from jobs.adapters.batch_launcher import CloudRunBatchLauncher, LocalBatchLauncher
 from jobs.adapters.batch_store import FirestoreBatchStore
-from jobs.adapters.clients import firestore_client, publisher_client
+from jobs.adapters.clients import firestore_client, publisher_client, storage_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.adapters.pubsub_publisher import PubSubPublisher
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
-from jobs.batches import BatchStore
+from jobs.batch_service import BatchService
+from jobs.batches import BatchInputs, BatchLauncher, BatchStore
 from jobs.logs import configure_logging
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota
@@ -28,6 +31,8 @@ class ApiPorts:
     batches: BatchStore
     publisher: Publisher
     api_keys: ApiKeyStore
+    batch_inputs: BatchInputs
+    batch_launcher: BatchLauncher
 
 
 _substitute: ApiPorts | None = None
@@ -37,7 +42,7 @@ def use_ports(ports: ApiPorts | None) -> None:
     """Serve the functions over `ports` from now on (None: back to the cloud clients); the services are rebuilt."""
     global _substitute
     _substitute = ports
-    for cached in (_ports, job_service, authenticator, token_verifier, admission):
+    for cached in (_ports, job_service, batch_service, authenticator, token_verifier, admission):
         cached.cache_clear()
 
 
@@ -50,8 +55,14 @@ def _ports() -> ApiPorts:
     db = firestore_client(settings.project, settings.database)
     publisher = PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
                                 batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
+    launcher: BatchLauncher
+    if settings.batch_launcher == "local":
+        launcher = LocalBatchLauncher(log_dir=settings.batch_log_dir, max_running=settings.batch_local_max_running)
+    else:
+        launcher = CloudRunBatchLauncher(project=settings.project, region=settings.region, job=settings.batch_job)
     return ApiPorts(jobs=FirestoreJobStore(db), batches=FirestoreBatchStore(db), publisher=publisher,
-                    api_keys=FirestoreApiKeyStore(db))
+                    api_keys=FirestoreApiKeyStore(db),
+                    batch_inputs=BucketInputs(BatchFiles(storage_client(settings.project))), batch_launcher=launcher)
 
 
 def job_store() -> JobStore:
@@ -76,6 +87,15 @@ def job_service() -> JobService:
                     queued_jobs=settings.quota_queued_jobs),
         max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
     )
+
+
+@lru_cache(maxsize=1)
+def batch_service() -> BatchService:
+    settings = api_settings()
+    ports = _ports()
+    return BatchService(store=ports.batches, inputs=ports.batch_inputs, launcher=ports.batch_launcher,
+                        bucket=settings.batch_bucket, ttl_seconds=settings.batch_ttl_seconds,
+                        nightly_tenants=settings.nightly_tenants)
 
 
 @lru_cache(maxsize=1)

@@ -72,6 +72,8 @@ class ApiArgs:
     # is, the functions do, for token_audience (exported as `token_audience`, for the callers).
     token_tenants: dict[str, str] = field(default_factory=dict)
     token_audience: str = ""
+    # The tenants that may ask for batches of inbox/ objects: the nightly workflow's.
+    nightly_tenants: Sequence[str] = ()
     quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE
     quota_queued_jobs: int = QUOTA_QUEUED_JOBS
     # Who may call the API through IAM. The functions authenticate callers themselves (CONTRACT
@@ -130,6 +132,7 @@ class Api(pulumi.ComponentResource):
             "LLMQ_BATCH_LAUNCHER": "cloudrun",
             "LLMQ_REGION": args.region,
             "LLMQ_BATCH_JOB": args.batch_job,
+            "LLMQ_NIGHTLY_TENANTS": json.dumps(list(args.nightly_tenants)),
         }
         common: dict[str, Any] = {
             "project": args.project, "region": args.region, "sources_bucket": args.sources_bucket,
