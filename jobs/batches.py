@@ -162,9 +162,9 @@ def new_batch_id() -> str:
 
 
 def nightly_batch_id(bucket: str, name: str, generation: str | int) -> str:
-    """The id the nightly workflow gives an inbox object: the same object version always gets the same
-    batch (and output folder), so a run that failed is resumed the next night. Workflows computes it as
-    base64(SHA-256("<bucket>/<name>#<generation>")) with + → - and / → _, first 32 characters."""
+    """The id of an object version's batch (POST /v1/batches with input_generation, as the nightly workflow
+    asks): the same version always gets the same batch (and output folder), so a run that failed is resumed
+    the next night. base64(SHA-256("<bucket>/<name>#<generation>")) with + → - and / → _, first 32 characters."""
     digest = hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).digest()
     return "batch_" + base64.b64encode(digest).decode().replace("+", "-").replace("/", "_")[:32]
 
