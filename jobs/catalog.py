@@ -1,4 +1,6 @@
-"""The deployment's models: which names a request may use and their limits."""
+"""The deployment's models: which names a request may use and their limits. Aliases are names of the
+deployment's choice for its models (OpenAI's model names, say, so that an OpenAI program or batch file runs
+unchanged); a job records the model it resolves to, never the alias."""
 
 from __future__ import annotations
 
@@ -13,30 +15,40 @@ class ModelSpec(BaseModel):
 
 
 class ModelCatalog:
-    def __init__(self, models: list[ModelSpec]) -> None:
+    def __init__(self, models: list[ModelSpec], aliases: dict[str, str] | None = None) -> None:
         if not models:
             raise ValueError("a deployment needs at least one model")
         self._models = {m.id: m for m in models}
         self.default = models[0]
+        self.aliases = dict(aliases or {})
+        for alias, target in self.aliases.items():
+            if target not in self._models:
+                raise ValueError(f"model alias {alias!r} names {target!r}, which is not served")
+            if alias in self._models:
+                raise ValueError(f"model alias {alias!r} is the id of a served model")
 
     def resolve(self, name: str | None) -> ModelSpec | None:
-        return self.default if name is None else self._models.get(name)
+        if name is None:
+            return self.default
+        return self._models.get(self.aliases.get(name, name))
+
+    def names(self) -> str:
+        """What a request may name, for a 400 that says so."""
+        served = ", ".join(self._models)
+        aliases = ", ".join(f"{a} (= {t})" for a, t in self.aliases.items())
+        return served + (f"; aliases: {aliases}" if aliases else "")
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._models.values())
 
     def openai_list(self, created: int) -> dict[str, object]:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": m.id,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": m.owned_by,
-                    "max_model_len": m.max_model_len,
-                    "max_tokens": m.max_tokens,
-                }
-                for m in self
-            ],
-        }
+        def entry(name: str, m: ModelSpec) -> dict[str, object]:
+            described: dict[str, object] = {"id": name, "object": "model", "created": created, "owned_by": m.owned_by,
+                                            "max_model_len": m.max_model_len, "max_tokens": m.max_tokens}
+            if name != m.id:
+                described["alias_of"] = m.id
+            return described
+
+        return {"object": "list",
+                "data": [entry(m.id, m) for m in self]
+                + [entry(alias, self._models[target]) for alias, target in self.aliases.items()]}

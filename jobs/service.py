@@ -49,7 +49,7 @@ class JobService:
         key = self._idempotency_key(request, idempotency_key)
         spec = self._catalog.resolve(request.model)
         if spec is None:
-            names = ", ".join(m.id for m in self._catalog)
+            names = self._catalog.names()
             raise InvalidRequest(
                 f"unknown model {request.model!r}; this deployment serves: {names}",
                 code="model_not_found",

@@ -27,6 +27,8 @@ class ApiSettings(BaseSettings):
     batch_priority_topics: list[str] = Field(default_factory=lambda: [constants.JOBS_TOPIC + constants.BATCH_TOPIC_SUFFIX])
     # The deployment's models, default first (JSON list of ModelSpec).
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(id="tiny-llama")])
+    # Names of the deployment's choice for its models (alias → model id), e.g. OpenAI's model names.
+    model_aliases: dict[str, str] = Field(default_factory=dict)
     max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before parsing
     max_wait_seconds: int = constants.MAX_WAIT_SECONDS  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
@@ -77,6 +79,11 @@ class ApiSettings(BaseSettings):
     nightly_tenants: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
+    def _aliases_name_served_models(self) -> ApiSettings:
+        ModelCatalog(self.models, self.model_aliases)  # raises for an alias of nothing served, or of an id
+        return self
+
+    @model_validator(mode="after")
     def _tokens_name_their_audience(self) -> ApiSettings:
         if self.token_tenants and self.token_checked_by == "function" and not self.token_audience:
             raise ValueError("token_tenants checked by the function need token_audience")
@@ -84,7 +91,7 @@ class ApiSettings(BaseSettings):
 
     @property
     def catalog(self) -> ModelCatalog:
-        return ModelCatalog(self.models)
+        return ModelCatalog(self.models, self.model_aliases)
 
 
 @lru_cache(maxsize=1)

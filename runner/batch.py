@@ -77,13 +77,16 @@ class BatchPlan:
     valid_total: int  # valid lines in the whole file
 
 
-def plan_batch(path: Path, *, model: str, task_index: int = 0, task_count: int = 1) -> BatchPlan:
-    """Parse the whole file (duplicates are a whole-file notion) and keep this task's share."""
+def plan_batch(path: Path, *, model: str, aliases: dict[str, str] | None = None, task_index: int = 0,
+               task_count: int = 1) -> BatchPlan:
+    """Parse the whole file (duplicates are a whole-file notion) and keep this task's share. A line may name
+    the model by its id or by one of its `aliases`."""
     plan = BatchPlan([], [], 0, 0)
+    names = {None, model} | {alias for alias, target in (aliases or {}).items() if target == model}
     with open(path, "rb") as f:
         for parsed in parse_lines(f):
             plan.total += 1
-            if isinstance(parsed, BatchLine) and parsed.request.model not in (None, model):
+            if isinstance(parsed, BatchLine) and parsed.request.model not in names:
                 parsed = LineError(parsed.line, parsed.custom_id, ErrorCode.MODEL_NOT_FOUND,
                                    f"model {parsed.request.model!r} is not served by this batch runner; use {model!r}")
             mine = task_share(parsed.line, task_index=task_index, task_count=task_count)
@@ -158,6 +161,7 @@ class BatchRunner:
         except FileNotFoundError:
             return await self._fail_input("input_not_found", f"the input file {self._input.uri} does not exist")
         plan = await asyncio.to_thread(plan_batch, path, model=self._settings.model_name,
+                                       aliases=self._settings.model_aliases,
                                        task_index=self._settings.task_index, task_count=self._settings.task_count)
         if plan.valid_total == 0:
             await asyncio.to_thread(self._write_errors, plan.errors)

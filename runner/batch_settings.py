@@ -30,6 +30,9 @@ class BatchSettings(RunnerSettings):
     batch_request_attempts: int = Field(default=3, ge=1)
     batch_ttl_seconds: int = Field(default=30 * 86400, ge=3600)  # batches/{id} expire_at
     batch_work_dir: str = ""  # local working copies of gs:// files; empty: the system temp dir
+    # The deployment's model aliases (alias → model id, as the API's LLMQ_MODEL_ALIASES): a line may name
+    # this runner's model by one of its aliases (OpenAI's model names in an OpenAI batch file, say).
+    model_aliases: dict[str, str] = Field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)

@@ -69,6 +69,7 @@ class StackConfig:
     batch_bucket: str = "llmq-batch"
     ports: dict[str, int] = field(default_factory=dict)  # fixed ports by component, else free ones
     runner_env: dict[str, str] = field(default_factory=dict)  # extra LLMQ_* for the runner (tests)
+    model_aliases: dict[str, str] = field(default_factory=dict)  # alias → model id (CONTRACT §8)
     # Like Cloud Scheduler calling the reconcile function in production; 0 turns it off. Locally it
     # also covers an emulator quirk: after failed pushes (a killed runner) the emulator may hold
     # messages back for minutes, where Pub/Sub would redeliver them with the retry policy's backoff.
@@ -261,6 +262,7 @@ class LocalStack:
             "LLMQ_RESULTS_BUCKET": c.results_bucket,
             "LLMQ_MODEL_PATH": str(model_dir),
             "LLMQ_MODEL_NAME": c.model_name,
+            "LLMQ_MODEL_ALIASES": json.dumps(c.model_aliases),
             "LLMQ_DEVICE": "cpu",
             **LOCAL_VLLM_ENV,
             # Generation must end inside the ack deadline; the lease is renewed while it runs.
@@ -380,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds between reconciler runs (0: never), as Cloud Scheduler would call it")
     parser.add_argument("--runner-env", action="append", default=[], metavar="LLMQ_NAME=VALUE",
                         help="extra runner setting (repeatable)")
+    parser.add_argument("--model-alias", action="append", default=[], metavar="NAME=MODEL",
+                        help="another name for the stack's model, e.g. an OpenAI model name (repeatable)")
     components = (*FUNCTIONS, "runner", "pubsub", "firestore", "storage")
     for name in components:
         parser.add_argument(f"--{name}-port", type=int, default=0)
@@ -391,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         max_delivery_attempts=args.max_delivery_attempts, reconcile_every_seconds=args.reconcile_every,
         ports={n: getattr(args, f"{n}_port") for n in components if getattr(args, f"{n}_port")},
         runner_env=dict(item.split("=", 1) for item in args.runner_env),
+        model_aliases=dict(item.split("=", 1) for item in args.model_alias),
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     stack = LocalStack(config)

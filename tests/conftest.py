@@ -26,8 +26,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (state_dir / "models").symlink_to(models, target_is_directory=True)
     # A short lease: a killed runner's job is taken over within seconds, not half a minute.
     # No periodic reconciler: the fault tests need to see what the pipeline does on its own.
+    # An OpenAI model name for the stack's model: OpenAI's own examples run unchanged (tests/test_batch_api.py).
     with started_stack(state_dir, "--push-topics", "4", "--runner-env", "LLMQ_LEASE_SECONDS=6", "--reconcile-every", "0",
-                       timeout=STACK_START_TIMEOUT) as running:
+                       "--model-alias", "gpt-3.5-turbo-0125=tiny-llama", timeout=STACK_START_TIMEOUT) as running:
         yield running
 
 

@@ -286,3 +286,27 @@ def test_without_token_tenants_a_token_is_just_a_bad_key(api: Api) -> None:
     signer = Signer("google-key-unused")
     token = {"Authorization": f"Bearer {signer.token(aud=TOKEN_AUDIENCE, email=WORKFLOW_ACCOUNT)}"}
     assert api.submit.post("/v1/jobs", json={"prompt": "x"}, headers=token).status_code == 401
+
+
+def test_a_model_alias_runs_the_served_model_and_is_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    with api_with(monkeypatch, model_aliases=json.dumps({"gpt-4o-mini": "tiny-llama"})) as api:
+        created = api.create({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o-mini"})
+        assert created.status_code == 202, created.text
+        assert created.get_json()["model"] == "tiny-llama"  # the job records the served model, not the alias
+        assert api.publisher.published[-1].model == "tiny-llama"
+        listed = {m["id"]: m for m in api.status.get("/v1/models", headers=api.auth).get_json()["data"]}
+        assert listed["gpt-4o-mini"]["alias_of"] == "tiny-llama" and "alias_of" not in listed["tiny-llama"]
+        unknown = api.create({"prompt": "x", "model": "gpt-9"})
+        assert unknown.status_code == 400 and unknown.get_json()["error"]["code"] == "model_not_found"
+        assert "tiny-llama" in unknown.get_json()["error"]["message"]
+        assert "gpt-4o-mini (= tiny-llama)" in unknown.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("aliases", [{"gpt-4o-mini": "not-served"}, {"tiny-llama": "tiny-llama"}])
+def test_an_alias_of_nothing_served_is_refused_at_start(aliases: dict[str, str]) -> None:
+    from pydantic import ValidationError
+
+    from jobs.settings import ApiSettings
+
+    with pytest.raises(ValidationError, match="alias"):
+        ApiSettings(model_aliases=aliases)

@@ -225,3 +225,19 @@ def test_abandon_ends_only_stale_open_batches() -> None:
     assert ended is not None and ended.status is BatchStatus.CANCELLED and ended.cancelled_at == now
     for final in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED):
         assert abandon(old.model_copy(update={"status": final}), now=now, stale_for=stale_for) is None
+
+
+def test_the_batch_plan_takes_the_models_aliases(tmp_path: object) -> None:
+    import json
+    from pathlib import Path
+
+    from runner.batch import plan_batch
+
+    path = Path(str(tmp_path)) / "in.jsonl"
+    lines = [{"custom_id": name, "method": "POST", "url": "/v1/completions", "body": {"prompt": "x", "model": name}}
+             for name in ("tiny-llama", "gpt-3.5-turbo-0125", "gpt-4")]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    plan = plan_batch(path, model="tiny-llama", aliases={"gpt-3.5-turbo-0125": "tiny-llama", "gpt-4": "other"})
+    assert [line.custom_id for line in plan.lines] == ["tiny-llama", "gpt-3.5-turbo-0125"]
+    assert [(e.custom_id, e.code.value) for e in plan.errors] == [("gpt-4", "model_not_found")]
+

@@ -469,7 +469,8 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         assert settings.catalog.default.id == "qwen2.5-7b-instruct"
 
 
-JSON_SETTINGS = ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_TOKEN_TENANTS", "LLMQ_NIGHTLY_TENANTS")
+JSON_SETTINGS = ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_MODEL_ALIASES", "LLMQ_TOKEN_TENANTS",
+                 "LLMQ_NIGHTLY_TENANTS")
 
 
 def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettings]:
@@ -477,6 +478,15 @@ def api_settings_of(d: Deployment, name: str) -> tuple[dict[str, str], ApiSettin
            if k.startswith("LLMQ_")}
     values = {k[5:].lower(): json.loads(v) if k in JSON_SETTINGS else v for k, v in env.items()}
     return env, ApiSettings(**values)
+
+
+def test_model_aliases_reach_the_api_and_the_batch_job(infra: None) -> None:
+    d = deploy({**CONFIG, "llmq:modelAliases": json.dumps({"gpt-3.5-turbo-0125": "qwen2.5-7b-instruct"})})
+    for function in ("submit", "status"):
+        _, settings = api_settings_of(d, function)
+        assert settings.catalog.resolve("gpt-3.5-turbo-0125") is settings.catalog.resolve("qwen2.5-7b-instruct")
+    job_env = env_of(d.one(JOB).inputs["template"]["template"]["containers"][0])
+    assert json.loads(job_env["LLMQ_MODEL_ALIASES"]) == {"gpt-3.5-turbo-0125": "qwen2.5-7b-instruct"}
 
 
 def test_submit_launches_on_demand_batches_on_the_batch_job(deployment: Deployment) -> None:
@@ -763,6 +773,8 @@ def test_component_outputs_tie_the_time_budget_together(deployment: Deployment) 
     ({"api_auth_mode": "iam", "api_invokers": ("allUsers",)}, "must not include allUsers"),
     ({"quota_queued_jobs": -1}, "quota"),
     ({"image": "example.com/runner"}, "tag or digest"),
+    ({"model_aliases": {"gpt-4o-mini": "not-a-model"}}, "modelAliases"),
+    ({"model_aliases": {"qwen2.5-7b-instruct": "qwen2.5-7b-instruct"}}, "already a model"),
 ])
 def test_settings_reject_inconsistent_values(infra: None, change: dict[str, Any], message: str) -> None:
     from llmq_infra.config import ConfigError, Settings

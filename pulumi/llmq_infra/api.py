@@ -72,6 +72,7 @@ class ApiArgs:
     # is, the functions do, for token_audience (exported as `token_audience`, for the callers).
     token_tenants: dict[str, str] = field(default_factory=dict)
     token_audience: str = ""
+    model_aliases: dict[str, str] = field(default_factory=dict)  # LLMQ_MODEL_ALIASES
     # The tenants that may ask for batches of inbox/ objects: the nightly workflow's.
     nightly_tenants: Sequence[str] = ()
     quota_submissions_per_minute: int = QUOTA_SUBMISSIONS_PER_MINUTE
@@ -112,6 +113,7 @@ class Api(pulumi.ComponentResource):
             "LLMQ_DATABASE": args.database,
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
             "LLMQ_MODELS": args.models_json,
+            "LLMQ_MODEL_ALIASES": json.dumps(args.model_aliases),
             "LLMQ_AUTH_MODE": args.auth_mode,
         }
         public = any(m in PUBLIC_MEMBERS for m in args.invokers)

@@ -43,6 +43,7 @@ class NightlyBatchArgs:
     scheduler_account_id: str
     image: str
     model_id: str
+    model_aliases: dict[str, str]  # the deployment's (a batch file may name the model by an alias)
     model_path: str
     max_model_len: int
     max_concurrency: int
@@ -106,6 +107,7 @@ class NightlyBatch(pulumi.ComponentResource):
             "LLMQ_ENGINE": "vllm",
             "LLMQ_MODEL_PATH": f"{MODELS_MOUNT}/{args.model_path}",
             "LLMQ_MODEL_NAME": args.model_id,
+            "LLMQ_MODEL_ALIASES": json.dumps(args.model_aliases),
             "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
             "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
             "LLMQ_BATCH_BUCKET": args.batch_bucket,

@@ -106,6 +106,9 @@ class Settings:
     # everything but the GPU runner and batch job (bootstrap: the repository must exist first).
     image: str = ""
     models: tuple[Model, ...] = DEFAULT_MODELS
+    # Names of the deployment's choice for its models (alias → model id; e.g. OpenAI's model names, so an
+    # OpenAI batch file runs unchanged): LLMQ_MODEL_ALIASES of the API and of the batch job.
+    model_aliases: dict[str, str] = field(default_factory=dict)
     # Runner (Cloud Run service, one per model, one L4 each)
     runner_cpu: int = 8
     runner_memory_gib: int = 32
@@ -180,6 +183,9 @@ class Settings:
         keys = [m.key for m in self.models]
         _check(len(set(ids)) == len(ids), "model ids must be unique")
         _check(len(set(keys)) == len(keys), "model keys must be unique (set `key` where ids slug alike)")
+        for alias, target in self.model_aliases.items():
+            _check(target in ids, f"modelAliases: {alias!r} names {target!r}, which is not one of the models")
+            _check(alias not in ids, f"modelAliases: {alias!r} is already a model's id")
         # Runner size: L4 needs ≥ 4 vCPU and ≥ 16 GiB
         _check(self.runner_cpu in (4, 6, 8), "runner_cpu must be 4, 6 or 8 with one L4")
         _check(MIN_GPU_MEMORY_GIB <= self.runner_memory_gib <= 32, "runner_memory_gib must be 16..32 with one L4")
@@ -279,6 +285,14 @@ def _models(raw: Any) -> tuple[Model, ...]:
     return tuple(models)
 
 
+def _aliases(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    _check(isinstance(raw, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()),
+           "modelAliases must be an object of alias → model id")
+    return dict(raw)
+
+
 def _strings(raw: Any, key: str) -> tuple[str, ...]:
     if raw is None:
         return ()
@@ -302,6 +316,7 @@ def load() -> Settings:
         "repository": cfg.get("repository"),
         "image": cfg.get("image"),
         "models": _models(cfg.get_object("models")),
+        "model_aliases": _aliases(cfg.get_object("modelAliases")),
         "runner_cpu": cfg.get_int("runnerCpu"),
         "runner_memory_gib": cfg.get_int("runnerMemoryGib"),
         "runner_max_instances": cfg.get_int("runnerMaxInstances"),
