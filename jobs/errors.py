@@ -25,7 +25,16 @@ class PlatformError(Exception):
             self.code = code
 
     def to_body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+        # OpenAI's `type` and `param` beside ours (CONTRACT §8), so OpenAI's SDKs read the error as their own.
+        param = next((d.get("field") for d in self.details if d.get("field")), None)
+        return {"error": {"code": self.code, "message": self.message, "details": self.details,
+                          "type": _OPENAI_TYPES.get(self.status, "api_error"), "param": param}}
+
+
+# OpenAI's error types by status (its API reference and its SDKs' exception classes).
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
+                 413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error"}
 
 
 class InvalidRequest(PlatformError):

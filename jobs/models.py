@@ -41,11 +41,38 @@ MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
 StopString = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_LENGTH)]
 
 
+class TextPart(BaseModel):
+    """One part of a message's content in OpenAI's list form. Only text: an image or audio part is refused by
+    its `type`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: Literal["text"]
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+    # `developer` is OpenAI's newer name for `system`; tool messages and tool calls are refused by name.
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content)  # as vLLM's OpenAI server joins text parts
+
+    def to_turn(self) -> ChatTurn:
+        # Chat templates know `system`; a developer message is one.
+        return ChatTurn("system" if self.role == "developer" else self.role, self.text)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    include_usage: bool = False
 
 
 class JobRequest(BaseModel):
@@ -58,11 +85,18 @@ class JobRequest(BaseModel):
     prompt: str | None = Field(default=None, min_length=1)
     model: str | None = None
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
+    # OpenAI's newer name for max_tokens: either may be sent, both only when equal.
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopString | list[StopString] | None = Field(default=None)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stream: bool = False
+    stream_options: StreamOptions | None = None  # OpenAI's: only with `stream`
+    # OpenAI's: one choice per request here (more is a 400 naming `n`); `user` identifies the caller's end user
+    # and is kept with the request.
+    n: Literal[1] | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
     priority: Literal["interactive", "batch"] = "interactive"
     metadata: dict[MetadataKey, MetadataValue] | None = None
     ttl_seconds: int = Field(default=DEFAULT_TTL_SECONDS, ge=MIN_TTL_SECONDS, le=MAX_TTL_SECONDS)
@@ -71,10 +105,21 @@ class JobRequest(BaseModel):
     # SageMaker's RequestTTL: an answer that comes too late is worth nothing to the caller.
     deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_SECONDS)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_max_tokens(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_completion_tokens") is not None:
+            if "max_tokens" in data and data["max_tokens"] != data["max_completion_tokens"]:
+                raise ValueError("'max_tokens' and 'max_completion_tokens' differ; send one of them")
+            return {**data, "max_tokens": data["max_completion_tokens"]}
+        return data
+
     @model_validator(mode="after")
     def _check_shape(self) -> JobRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("exactly one of 'messages' and 'prompt' is required")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed with 'stream': true")
         if isinstance(self.stop, list) and len(self.stop) > MAX_STOP_SEQUENCES:
             raise ValueError(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences")
         if self.metadata is not None and len(self.metadata) > MAX_METADATA_PAIRS:
@@ -88,7 +133,7 @@ class JobRequest(BaseModel):
     @property
     def prompt_chars(self) -> int:
         if self.messages is not None:
-            return sum(len(m.content) for m in self.messages)
+            return sum(len(m.text) for m in self.messages)
         return len(self.prompt or "")
 
     @property
@@ -100,8 +145,10 @@ class JobRequest(BaseModel):
     def body_hash(self) -> str:
         """Hash of the canonical body (defaults filled, the idempotency key left out): the same
         request sent twice hashes the same, whatever its key order or omitted defaults."""
+        # OpenAI's optional fields count only when sent, so a body hashes as it did before they existed.
+        unset = {name for name in _HASH_IF_SET if getattr(self, name) is None}
         canonical = json.dumps(
-            self.model_dump(mode="json", exclude={"idempotency_key"}),
+            self.model_dump(mode="json", exclude={"idempotency_key", *unset}),
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -112,7 +159,7 @@ class JobRequest(BaseModel):
         return GenerationRequest(
             request_id=request_id,
             prompt=self.prompt,
-            messages=[ChatTurn(m.role, m.content) for m in self.messages] if self.messages else None,
+            messages=[m.to_turn() for m in self.messages] if self.messages else None,
             sampling=SamplingOptions(
                 max_tokens=max_tokens or self.max_tokens,
                 temperature=self.temperature,
@@ -128,6 +175,9 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+_HASH_IF_SET = ("max_completion_tokens", "stream_options", "n", "user")
 
 
 class JobErrorCode(str, Enum):

@@ -87,7 +87,8 @@ def test_an_idempotent_resubmission_returns_the_first_job(api: Api) -> None:
 
 @pytest.mark.parametrize(("body", "field", "code"), [
     ({"prompt": ""}, "prompt", "string_too_short"),
-    ({"prompt": "x", "n": 2}, "n", "unsupported_parameter"),
+    ({"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias", "unsupported_parameter"),
+    ({"prompt": "x", "n": 2}, "n", "literal_error"),  # one choice per request: a clear 400 naming `n`
     ({"prompt": "x", "stop": [""]}, "stop[0]", "string_too_short"),
     ({"prompt": "x", "metadata": {"bad key": "v"}}, "metadata.bad key", "string_pattern_mismatch"),
     # Metadata keys become Firestore field names; Firestore reserves __name__-like ones.
@@ -310,3 +311,34 @@ def test_an_alias_of_nothing_served_is_refused_at_start(aliases: dict[str, str])
 
     with pytest.raises(ValidationError, match="alias"):
         ApiSettings(model_aliases=aliases)
+
+
+@pytest.mark.parametrize(("status", "openai_type"), [(400, "invalid_request_error"), (401, "authentication_error"),
+                                                     (404, "not_found_error"), (409, "conflict_error")])
+def test_errors_carry_openais_type_and_param(api: Api, status: int, openai_type: str) -> None:
+    if status == 400:
+        answer = api.create({"prompt": "x", "temperature": 9})
+    elif status == 401:
+        answer = api.submit.post("/v1/jobs", json={"prompt": "x"})
+    elif status == 404:
+        answer = api.status.get("/v1/nothing/here", headers=api.auth)
+    else:
+        api.create(idempotency_key="k")
+        answer = api.create({"prompt": "another"}, idempotency_key="k")
+    error = answer.get_json()["error"]
+    assert answer.status_code == status and error["type"] == openai_type
+    assert error["param"] == ("temperature" if status == 400 else None)
+
+
+def test_openai_messages_and_parameters_are_taken(api: Api) -> None:
+    body = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                         {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]}],
+            "max_completion_tokens": 7, "n": 1, "user": "end-user-42", "stream": True,
+            "stream_options": {"include_usage": True}}
+    created = api.create(body)
+    assert created.status_code == 202, created.text
+    message = api.publisher.published[-1]
+    assert message.request.max_tokens == 7 and message.request.user == "end-user-42"
+    generation = message.request.to_generation("r")
+    assert [(t.role, t.content) for t in generation.messages or ()] == [("system", "Be brief."), ("user", "Hi\nthere")]
+

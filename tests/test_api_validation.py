@@ -58,7 +58,13 @@ INVALID_BODIES = [
     _case({"prompt": "x", "metadata": {f"k{i}": "v" for i in range(17)}}, "invalid_request", None),
     _case({"prompt": "x", "ttl_seconds": 10}, "greater_than_equal", "ttl_seconds"),
     _case({"prompt": "x", "ttl_seconds": 10**9}, "less_than_equal", "ttl_seconds"),
-    _case({"prompt": "x", "n": 2}, "unsupported_parameter", "n"),
+    _case({"prompt": "x", "n": 2}, "literal_error", "n"),
+    _case({"prompt": "x", "logit_bias": {"1": 5}}, "unsupported_parameter", "logit_bias"),
+    _case({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+          "literal_error", "messages[0].content[0].type"),
+    _case({"messages": [{"role": "tool", "content": "x"}]}, "literal_error", "messages[0].role"),
+    _case({"prompt": "x", "max_tokens": 5, "max_completion_tokens": 6}, "invalid_request", None),
+    _case({"prompt": "x", "stream_options": {"include_usage": True}}, "invalid_request", None),
     _case({"prompt": "x", "logprobs": True, "tools": []}, "unsupported_parameter", "tools"),
     _case([{"prompt": "x"}], "invalid_request", None),
     _case("just a string", "invalid_request", None),
@@ -89,7 +95,7 @@ def _assert_error(response: httpx.Response, status: int, code: str | None) -> di
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
     assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message", "details"}
+    assert set(body["error"]) == {"code", "message", "details", "type", "param"}  # CONTRACT §1, plus OpenAI's (§8)
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
     if code is not None:
         assert body["error"]["code"] == code or any(d["code"] == code for d in body["error"]["details"]), body

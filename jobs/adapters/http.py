@@ -46,7 +46,9 @@ def install_json_errors(errorhandler: Any) -> None:
     @errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> flask.Response:
         code = (err.name or "error").lower().replace(" ", "_")
-        return json_response(PlatformError(err.description or err.name, code=code).to_body(), err.code or 500)
+        error = PlatformError(err.description or err.name, code=code)
+        error.status = err.code or 500
+        return json_response(error.to_body(), error.status)
 
     @errorhandler(Exception)
     def _crash(err: Exception) -> flask.Response:  # noqa: ARG001 (Flask's handler signature)
