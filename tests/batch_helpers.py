@@ -137,3 +137,13 @@ class DocWatcher:
 
     def close(self) -> None:
         self._watch.unsubscribe()
+
+
+def batch_final(db: Any, batch_id: str, *, timeout: float) -> dict[str, Any]:
+    """The batch's document once a listener sees it final."""
+    watcher = DocWatcher(db, batch_id)
+    try:
+        return watcher.wait_final(timeout)
+    finally:
+        watcher.close()
+

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from scripts.stack_client import Stack
-from tests.batch_helpers import DocWatcher, chat_line, completion_line, jsonl
+from tests.batch_helpers import DocWatcher, batch_final, chat_line, completion_line, jsonl
 
 STATUS_ORDER = ("validating", "in_progress", "finalizing", "completed")
 
@@ -72,11 +72,7 @@ def test_batch_from_an_input_uri(stack: Stack, db: Any, http: httpx.Client) -> N
     bucket.blob(name).upload_from_string(jsonl([completion_line("a", "x"), "garbage", completion_line("b", "y")]))
     response = _post(stack, http, {"input_uri": f"gs://{stack.info['batch_bucket']}/{name}"})
     assert response.status_code == 202, response.text
-    watcher = DocWatcher(db, response.json()["id"])
-    try:
-        doc = watcher.wait_final(240)
-    finally:
-        watcher.close()
+    doc = batch_final(db, response.json()["id"], timeout=240)
     assert doc["status"] == "completed" and doc["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
     errors = _object_lines(stack, doc["error_uri"])
     assert [(e["custom_id"], e["error"]["code"], e["error"]["line"]) for e in errors] == [(None, "invalid_json", 2)]
@@ -193,11 +189,7 @@ OPENAI_EXAMPLE = (
 def test_openai_batch_example_runs_unchanged_through_a_model_alias(stack: Stack, db: Any, http: httpx.Client) -> None:
     response = _post(stack, http, {"input_jsonl": OPENAI_EXAMPLE})
     assert response.status_code == 202, response.text
-    watcher = DocWatcher(db, response.json()["id"])
-    try:
-        doc = watcher.wait_final(300)
-    finally:
-        watcher.close()
+    doc = batch_final(db, response.json()["id"], timeout=300)
     assert doc["status"] == "completed" and doc["request_counts"] == {"total": 2, "completed": 2, "failed": 0}, doc
     lines = _object_lines(stack, doc["output_uri"])
     assert sorted(line["custom_id"] for line in lines) == ["request-1", "request-2"]
