@@ -14,8 +14,11 @@ from jobs.adapters.http import error_response, json_response
 from jobs.adapters.wiring import job_store
 from jobs.deadletters import handle_dead_letter
 from jobs.errors import DependencyUnavailable
+from jobs.logs import configure_logging
 from jobs.push import PushEnvelope
 from jobs.service import utcnow
+
+configure_logging()  # structured JSON logs from the first request on
 
 
 @functions_framework.http

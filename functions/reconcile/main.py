@@ -12,10 +12,13 @@ import functions_framework
 from jobs.adapters.http import error_response, json_response
 from jobs.adapters.wiring import batch_store, job_store, publisher
 from jobs.errors import DependencyUnavailable, MethodNotAllowed
+from jobs.logs import configure_logging
 from jobs.reconciler import reconcile as run_reconcile
 from jobs.reconciler import reconcile_batches
 from jobs.service import utcnow
 from jobs.settings import api_settings
+
+configure_logging()  # structured JSON logs from the first request on
 
 
 @functions_framework.http

@@ -12,8 +12,10 @@ from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document
 from jobs.adapters.wiring import batch_service, job_service
 from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound, PlatformError
+from jobs.logs import configure_logging
 from jobs.settings import api_settings
 
+configure_logging()  # structured JSON logs from the first request on
 install_json_errors(functions_framework.errorhandler)
 
 _JOB = re.compile(r"^/v1/jobs/([^/]+)$")

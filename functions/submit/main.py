@@ -13,9 +13,11 @@ from jobs.adapters.http import error_response, install_json_errors, json_respons
 from jobs.adapters.wiring import admission, batch_service, job_service
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
+from jobs.logs import configure_logging
 from jobs.models import JobRequest
 from jobs.settings import api_settings
 
+configure_logging()  # structured JSON logs from the first request on
 install_json_errors(functions_framework.errorhandler)
 
 _CANCEL = re.compile(r"^/v1/jobs/([^/]+)/cancel$")

@@ -18,7 +18,6 @@ from jobs.adapters.pubsub_publisher import PubSubPublisher
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
 from jobs.batch_service import BatchService
 from jobs.batches import BatchInputs, BatchLauncher, BatchStore
-from jobs.logs import configure_logging
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota
 from jobs.service import JobService
@@ -42,47 +41,70 @@ def use_ports(ports: ApiPorts | None) -> None:
     """Serve the functions over `ports` from now on (None: back to the cloud clients); the services are rebuilt."""
     global _substitute
     _substitute = ports
-    for cached in (_ports, job_service, batch_service, authenticator, token_verifier, admission):
+    for cached in (job_store, batch_store, publisher, _api_keys, _batch_inputs, _batch_launcher,
+                   job_service, batch_service, authenticator, token_verifier, admission):
         cached.cache_clear()
 
 
+# Each port is built on first use only: a function builds the clients it calls (the status function never
+# makes a Pub/Sub publisher, only submit makes a Cloud Storage client and a batch launcher).
+
+
 @lru_cache(maxsize=1)
-def _ports() -> ApiPorts:
-    configure_logging()
-    if _substitute is not None:
-        return _substitute
-    settings = api_settings()
-    db = firestore_client(settings.project, settings.database)
-    publisher = PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
-                                batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
-    launcher: BatchLauncher
-    if settings.batch_launcher == "local":
-        launcher = LocalBatchLauncher(log_dir=settings.batch_log_dir, max_running=settings.batch_local_max_running)
-    else:
-        launcher = CloudRunBatchLauncher(project=settings.project, region=settings.region, job=settings.batch_job)
-    return ApiPorts(jobs=FirestoreJobStore(db), batches=FirestoreBatchStore(db), publisher=publisher,
-                    api_keys=FirestoreApiKeyStore(db),
-                    batch_inputs=BucketInputs(BatchFiles(storage_client(settings.project))), batch_launcher=launcher)
-
-
 def job_store() -> JobStore:
-    return _ports().jobs
+    if _substitute is not None:
+        return _substitute.jobs
+    settings = api_settings()
+    return FirestoreJobStore(firestore_client(settings.project, settings.database))
 
 
+@lru_cache(maxsize=1)
 def batch_store() -> BatchStore:
-    return _ports().batches
+    if _substitute is not None:
+        return _substitute.batches
+    settings = api_settings()
+    return FirestoreBatchStore(firestore_client(settings.project, settings.database))
 
 
+@lru_cache(maxsize=1)
 def publisher() -> Publisher:
-    return _ports().publisher
+    if _substitute is not None:
+        return _substitute.publisher
+    settings = api_settings()
+    return PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
+                           batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
+
+
+@lru_cache(maxsize=1)
+def _api_keys() -> ApiKeyStore:
+    if _substitute is not None:
+        return _substitute.api_keys
+    settings = api_settings()
+    return FirestoreApiKeyStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def _batch_inputs() -> BatchInputs:
+    if _substitute is not None:
+        return _substitute.batch_inputs
+    return BucketInputs(BatchFiles(storage_client(api_settings().project)))
+
+
+@lru_cache(maxsize=1)
+def _batch_launcher() -> BatchLauncher:
+    if _substitute is not None:
+        return _substitute.batch_launcher
+    settings = api_settings()
+    if settings.batch_launcher == "local":
+        return LocalBatchLauncher(log_dir=settings.batch_log_dir, max_running=settings.batch_local_max_running)
+    return CloudRunBatchLauncher(project=settings.project, region=settings.region, job=settings.batch_job)
 
 
 @lru_cache(maxsize=1)
 def job_service() -> JobService:
     settings = api_settings()
-    ports = _ports()
     return JobService(
-        store=ports.jobs, publisher=ports.publisher, catalog=settings.catalog,
+        store=job_store(), publisher=publisher(), catalog=settings.catalog,
         quota=Quota(submissions_per_minute=settings.quota_submissions_per_minute,
                     queued_jobs=settings.quota_queued_jobs),
         max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
@@ -92,15 +114,14 @@ def job_service() -> JobService:
 @lru_cache(maxsize=1)
 def batch_service() -> BatchService:
     settings = api_settings()
-    ports = _ports()
-    return BatchService(store=ports.batches, inputs=ports.batch_inputs, launcher=ports.batch_launcher,
+    return BatchService(store=batch_store(), inputs=_batch_inputs(), launcher=_batch_launcher(),
                         bucket=settings.batch_bucket, ttl_seconds=settings.batch_ttl_seconds,
                         nightly_tenants=settings.nightly_tenants)
 
 
 @lru_cache(maxsize=1)
 def authenticator() -> ApiKeyAuthenticator:
-    return ApiKeyAuthenticator(_ports().api_keys)
+    return ApiKeyAuthenticator(_api_keys())
 
 
 @lru_cache(maxsize=1)
