@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+from jobs.state import TransitionTable
+
 
 class BatchStatus(str, Enum):
     VALIDATING = "validating"  # created; the input is being read and checked (or the runner has not started)
@@ -28,7 +30,8 @@ FINAL_STATUSES = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStat
 # A rerun on the same output resumes these (skips what is done, retries the rest): they go back to validating.
 RESUMABLE = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED})
 
-_ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
+# Staying in the same status is not a transition (a progress write); callers do not route it through here.
+transition = TransitionTable("batch", {
     BatchStatus.VALIDATING: frozenset({BatchStatus.IN_PROGRESS, BatchStatus.FAILED, BatchStatus.CANCELLING}),
     BatchStatus.IN_PROGRESS: frozenset({BatchStatus.FINALIZING, BatchStatus.FAILED, BatchStatus.CANCELLING}),
     # finalizing -> in_progress: a retried task (its container was stopped while finalizing) runs again.
@@ -39,23 +42,4 @@ _ALLOWED: dict[BatchStatus, frozenset[BatchStatus]] = {
     BatchStatus.COMPLETED: frozenset({BatchStatus.VALIDATING}),
     BatchStatus.FAILED: frozenset({BatchStatus.VALIDATING}),
     BatchStatus.CANCELLED: frozenset(),
-}
-
-
-class InvalidBatchTransition(Exception):
-    def __init__(self, current: BatchStatus, target: BatchStatus) -> None:
-        super().__init__(f"batch cannot go from {current.value} to {target.value}")
-        self.current = current
-        self.target = target
-
-
-def can_transition(current: BatchStatus, target: BatchStatus) -> bool:
-    return target in _ALLOWED[current]
-
-
-def transition(current: BatchStatus, target: BatchStatus) -> BatchStatus:
-    """Return `target` if the move is allowed, else raise InvalidBatchTransition. Staying in the same
-    status is not a transition (a progress write); callers do not route it through here."""
-    if target not in _ALLOWED[current]:
-        raise InvalidBatchTransition(current, target)
-    return target
+})

@@ -273,7 +273,7 @@ def output_uris(prefix: str) -> tuple[str, str]:
 
 def with_status(record: BatchRecord, status: BatchStatus, *, now: datetime, **changes: Any) -> BatchRecord:
     """The record moved to `status` (checked by `transition()`; the same status is a plain update),
-    stamping `<status>_at` the first time it is reached. Raises InvalidBatchTransition."""
+    stamping `<status>_at` the first time it is reached. Raises InvalidTransition."""
     if status is not record.status:
         transition(record.status, status)
     update: dict[str, Any] = {"status": status, "updated_at": now, **changes}

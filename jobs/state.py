@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Generic, TypeVar
+
+S = TypeVar("S", bound=Enum)
 
 
 class JobStatus(str, Enum):
@@ -19,7 +22,32 @@ class JobStatus(str, Enum):
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
-_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+
+class InvalidTransition(Exception):
+    def __init__(self, what: str, current: Enum, target: Enum) -> None:
+        super().__init__(f"{what} cannot go from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
+
+
+class TransitionTable(Generic[S]):
+    """The allowed moves of one state machine (jobs here, batches in jobs/batch_state.py)."""
+
+    def __init__(self, what: str, allowed: dict[S, frozenset[S]]) -> None:
+        self._what = what
+        self._allowed = allowed
+
+    def allows(self, current: S, target: S) -> bool:
+        return target in self._allowed[current]
+
+    def __call__(self, current: S, target: S) -> S:
+        """Return `target` if the move is allowed, else raise InvalidTransition."""
+        if not self.allows(current, target):
+            raise InvalidTransition(self._what, current, target)
+        return target
+
+
+transition = TransitionTable("job", {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
     # running -> running is a takeover of an expired lease by a new delivery.
     JobStatus.RUNNING: frozenset(
@@ -28,18 +56,4 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
-}
-
-
-class InvalidTransition(Exception):
-    def __init__(self, current: JobStatus, target: JobStatus) -> None:
-        super().__init__(f"job cannot go from {current.value} to {target.value}")
-        self.current = current
-        self.target = target
-
-
-def transition(current: JobStatus, target: JobStatus) -> JobStatus:
-    """Return `target` if the move is allowed, else raise InvalidTransition."""
-    if target not in _ALLOWED[current]:
-        raise InvalidTransition(current, target)
-    return target
+})
