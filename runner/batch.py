@@ -362,7 +362,7 @@ class BatchRunner:
         if await asyncio.to_thread(self._store.create, fresh):
             return fresh
         record = await asyncio.to_thread(self._store.get, self._batch_id)
-        if record is not None and record.status is not BatchStatus.CANCELLED:  # a rerun resumes a failed batch
+        if record is not None:  # a rerun resumes a failed or completed batch (batches.resume decides)
             resumed, _ = await asyncio.to_thread(self._store.update, self._batch_id,
                                                  lambda r: batches.resume(r, now=now))
             record = resumed or record

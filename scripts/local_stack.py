@@ -77,15 +77,17 @@ class StackConfig:
     reconcile_queued_after_seconds: float = 60.0
     reconcile_lapsed_after_seconds: float = 10.0
 
-    @property
-    def interactive_topics(self) -> list[str]:
-        base = constants.JOBS_TOPIC
+    def _spread(self, base: str) -> list[str]:
+        """One priority's topics: `base` alone, or push_topics of them (`base-0`…)."""
         return [base] if self.push_topics <= 1 else [f"{base}-{i}" for i in range(self.push_topics)]
 
     @property
+    def interactive_topics(self) -> list[str]:
+        return self._spread(constants.JOBS_TOPIC)
+
+    @property
     def batch_priority_topics(self) -> list[str]:
-        base = constants.JOBS_TOPIC + constants.BATCH_TOPIC_SUFFIX
-        return [base] if self.push_topics <= 1 else [f"{base}-{i}" for i in range(self.push_topics)]
+        return self._spread(constants.JOBS_TOPIC + constants.BATCH_TOPIC_SUFFIX)
 
     @property
     def topics(self) -> list[str]:
