@@ -11,7 +11,9 @@ from llmq_infra.api import Api, ApiArgs
 from llmq_infra.apis import Apis, ApisArgs
 from llmq_infra.batch import NightlyBatch, NightlyBatchArgs, workflow_definition
 from llmq_infra.builder import FunctionBuilder, FunctionBuilderArgs
+from llmq_infra.common import PUBLIC_MEMBERS
 from llmq_infra.config import load
+from llmq_infra.gateway import Gateway, GatewayArgs
 from llmq_infra.maintenance import Maintenance, MaintenanceArgs
 from llmq_infra.observability import Observability, ObservabilityArgs
 from llmq_infra.queue import PushTarget, Queue, QueueArgs
@@ -21,7 +23,7 @@ from llmq_infra.store import Store, StoreArgs
 from llmq_infra.topics import Topics, TopicsArgs
 
 import pulumi  # after llmq_infra: ruff files `pulumi` as first-party (the pulumi/ folder)
-from jobs.constants import DEAD_LETTER_TOPIC_SUFFIX, JOBS_TOPIC
+from jobs.constants import DEAD_LETTER_TOPIC_SUFFIX, JOBS_TOPIC, MAX_WAIT_SECONDS
 
 s = load()
 project, region, labels = s.project, s.region, s.labels
@@ -137,6 +139,16 @@ if s.image_built:
         api_services=[api.submit.service_name, api.status.service_name], labels=labels),
         opts=after_apis)
 
+# One base URL for every route (CONTRACT §8), where the functions take the caller's credentials themselves.
+gateway: Gateway | None = None
+if s.api_auth_mode == "api_key" and any(m in PUBLIC_MEMBERS for m in s.api_invokers):
+    gateway = Gateway("gateway", GatewayArgs(
+        project=project, region=region, api_id=s.name("api"),
+        addresses={"submit": api.submit_url, "status": api.status_url},
+        deadlines={"submit": 70.0, "status": float(MAX_WAIT_SECONDS + 40)}, labels=labels), opts=after_apis)
+else:
+    pulumi.log.info("no API gateway: in iam mode, or with private functions, call each function's URL")
+
 observability = Observability("observability", ObservabilityArgs(
     project=project, dashboard_name=f"llmq ({s.prefix})",
     runner_services=[r.service_name for r in runners],
@@ -145,6 +157,8 @@ observability = Observability("observability", ObservabilityArgs(
     oldest_unacked_alert_seconds=s.oldest_unacked_alert_seconds, runner_error_ratio=s.runner_error_ratio_alert,
     alert_emails=s.alert_emails, labels=labels), opts=after_apis)
 
+if gateway is not None:
+    pulumi.export("api_url", gateway.url)
 pulumi.export("submit_url", api.submit_url)
 pulumi.export("status_url", api.status_url)
 if runners:

@@ -106,7 +106,8 @@ class LocalStack:
         # Ports without a race (scripts/processes.py): the functions and the runner serve sockets bound here and
         # kept open for the stack's life, so a restarted one serves the same socket; the emulators only take a
         # port number, chosen outside the ephemeral range and changed if it is taken before they bind it.
-        self.listeners = {name: listening_socket(config.ports.get(name, 0)) for name in (*FUNCTIONS, "runner")}
+        self.listeners = {name: listening_socket(config.ports.get(name, 0))
+                          for name in (*FUNCTIONS, "runner", "gateway")}
         self.ports = {name: int(sock.getsockname()[1]) for name, sock in self.listeners.items()}
         self.ports.update({name: config.ports.get(name) or free_port() for name in EMULATORS})
         self.emulators: dict[str, ManagedProcess] = {}
@@ -143,6 +144,7 @@ class LocalStack:
             "runner": ManagedProcess("runner", [python, "-m", "runner", "--fd", str(runner_fd)], log_dir=self.logs,
                                      env={**env, **self.config.runner_env}, cwd=REPO, pass_fds=[runner_fd]),
             **{name: self._function(name, env) for name in FUNCTIONS},
+            "gateway": self._gateway(env),
         }
         for service in self.services.values():
             service.start()
@@ -155,6 +157,14 @@ class LocalStack:
         argv = [sys.executable, "-m", "scripts.serve_function", "--target", name,
                 "--source", str(REPO / "functions" / name / "main.py"), "--fd", str(fd)]
         return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO, pass_fds=[fd])
+
+    def _gateway(self, env: dict[str, str]) -> ManagedProcess:
+        """One port for every route (CONTRACT §8), routed by openapi.yaml as API Gateway is in production."""
+        fd = self.listeners["gateway"].fileno()
+        argv = [sys.executable, "-m", "scripts.gateway", "--fd", str(fd)]
+        for name in FUNCTIONS:
+            argv += ["--function", f"{name}=http://127.0.0.1:{self.ports[name]}"]
+        return ManagedProcess("gateway", argv, log_dir=self.logs, env=env, cwd=REPO, pass_fds=[fd])
 
     def _ready_url(self, name: str) -> str:
         # Any answer from a function means it is serving; the runner is ready once its model is loaded.
@@ -287,6 +297,7 @@ class LocalStack:
         pids.update({f"{name}_emulator": e.pid for name, e in self.emulators.items()})
         return {
             "project": c.project,
+            "api_url": f"http://127.0.0.1:{self.ports['gateway']}",
             "submit_url": f"http://127.0.0.1:{self.ports['submit']}",
             "status_url": f"http://127.0.0.1:{self.ports['status']}",
             "deadletter_url": f"http://127.0.0.1:{self.ports['deadletter']}",
@@ -386,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="extra runner setting (repeatable)")
     parser.add_argument("--model-alias", action="append", default=[], metavar="NAME=MODEL",
                         help="another name for the stack's model, e.g. an OpenAI model name (repeatable)")
-    components = (*FUNCTIONS, "runner", "pubsub", "firestore", "storage")
+    components = (*FUNCTIONS, "runner", "gateway", "pubsub", "firestore", "storage")
     for name in components:
         parser.add_argument(f"--{name}-port", type=int, default=0)
     args = parser.parse_args(argv)

@@ -819,3 +819,25 @@ def test_example_stack_file_deploys(infra: None) -> None:
     d = deploy(config)
     assert runner(d).inputs["template"]["containers"][0]["image"] == config["llmq:image"]
     assert runner(d).inputs["name"] == "llmq-runner-qwen2-5-7b"
+
+
+# --- one URL ----------------------------------------------------------------------------------
+
+def test_a_public_api_gets_one_gateway_routed_by_the_api_document(infra: None) -> None:
+    d = deploy({**CONFIG, "llmq:apiInvokers": json.dumps(["allUsers"])})
+    gateway = d.one("gcp:apigateway/gateway:Gateway")
+    assert gateway.inputs["gatewayId"] == "llmq-api"
+    config = d.one("gcp:apigateway/apiConfig:ApiConfig")
+    contents = config.inputs["openapiDocuments"][0]["document"]["contents"]
+    document = yaml.safe_load(base64.b64decode(contents))
+    backends = {(method, path): operation["x-google-backend"] for path, item in document["paths"].items()
+                for method, operation in item.items()}
+    assert backends[("post", "/v1/jobs")]["address"] == d.function_url("submit")
+    assert backends[("get", "/v1/jobs/{id}")]["address"] == d.function_url("status")
+    assert all(b["disable_auth"] and b["path_translation"] == "APPEND_PATH_TO_ADDRESS" for b in backends.values())
+    assert "api_url" in d.exports
+
+
+def test_without_public_functions_there_is_no_gateway_to_pass_credentials_through(deployment: Deployment) -> None:
+    assert not deployment.of("gcp:apigateway/gateway:Gateway")
+    assert "api_url" not in deployment.exports

@@ -10,6 +10,7 @@ import pulumi
 
 # What each API is for, so a removal is a decision, not an accident.
 REQUIRED_APIS: dict[str, str] = {
+    "apigateway.googleapis.com": "the one base URL in front of the functions",
     "artifactregistry.googleapis.com": "runner and function images",
     "cloudbuild.googleapis.com": "function builds, the runner image build",
     "cloudfunctions.googleapis.com": "submit, status, deadletter, reconcile",
@@ -22,6 +23,8 @@ REQUIRED_APIS: dict[str, str] = {
     "monitoring.googleapis.com": "alert policies and the dashboard",
     "pubsub.googleapis.com": "the job queue and dead letters",
     "run.googleapis.com": "the GPU runner, the batch job, 2nd-gen functions",
+    "servicecontrol.googleapis.com": "API Gateway's per-call checks",
+    "servicemanagement.googleapis.com": "API Gateway's managed service",
     "storage.googleapis.com": "results, batch files, model weights, function sources",
     "workflows.googleapis.com": "the nightly batch definition",
     "workflowexecutions.googleapis.com": "the scheduler starting workflow executions",
