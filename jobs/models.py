@@ -91,6 +91,9 @@ class JobRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopString | list[StopString] | None = Field(default=None)
     seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    # OpenAI's penalties, -2 to 2, honoured by the vLLM engine (an engine without them rejects a non-zero one).
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None  # OpenAI's: only with `stream`
     # OpenAI's: one choice per request here (more is a 400 naming `n`); `user` identifies the caller's end user
@@ -166,6 +169,8 @@ class JobRequest(BaseModel):
                 top_p=self.top_p,
                 stop=self.stop_sequences,
                 seed=self.seed,
+                presence_penalty=self.presence_penalty or 0.0,
+                frequency_penalty=self.frequency_penalty or 0.0,
             ),
             priority=0 if self.priority == "interactive" else 1,
         )
@@ -177,7 +182,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-_HASH_IF_SET = ("max_completion_tokens", "stream_options", "n", "user")
+_HASH_IF_SET = ("max_completion_tokens", "stream_options", "n", "user", "presence_penalty", "frequency_penalty")
 
 
 class JobErrorCode(str, Enum):

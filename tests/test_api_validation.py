@@ -60,6 +60,8 @@ INVALID_BODIES = [
     _case({"prompt": "x", "ttl_seconds": 10**9}, "less_than_equal", "ttl_seconds"),
     _case({"prompt": "x", "n": 2}, "literal_error", "n"),
     _case({"prompt": "x", "logit_bias": {"1": 5}}, "unsupported_parameter", "logit_bias"),
+    _case({"prompt": "x", "presence_penalty": 2.5}, "less_than_equal", "presence_penalty"),
+    _case({"prompt": "x", "frequency_penalty": "1"}, "float_type", "frequency_penalty"),
     _case({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
           "literal_error", "messages[0].content[0].type"),
     _case({"messages": [{"role": "tool", "content": "x"}]}, "literal_error", "messages[0].role"),

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,9 +138,11 @@ assert not leaked, leaked
 
 def test_sampling_kwargs_are_explicit() -> None:
     kwargs = sampling_kwargs(SamplingOptions(max_tokens=5, temperature=0.3, top_p=0.9, stop=("\n\n", "END"), seed=7))
-    assert kwargs == {"max_tokens": 5, "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n", "END"]}
-    assert sampling_kwargs(SamplingOptions(max_tokens=1)) == {
-        "max_tokens": 1, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None}
+    assert kwargs == {"max_tokens": 5, "temperature": 0.3, "top_p": 0.9, "seed": 7, "stop": ["\n\n", "END"],
+                      "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    assert sampling_kwargs(SamplingOptions(max_tokens=1, presence_penalty=0.5, frequency_penalty=-1.0)) == {
+        "max_tokens": 1, "temperature": 1.0, "top_p": 1.0, "seed": None, "stop": None,
+        "presence_penalty": 0.5, "frequency_penalty": -1.0}
     # vLLM reads -1 as "no seed"; an API seed of -1 must stay deterministic.
     assert sampling_kwargs(SamplingOptions(max_tokens=1, seed=-1))["seed"] == -(2**63)
     with pytest.raises(RequestRejected):
@@ -201,6 +204,14 @@ def test_greedy_and_seeded_sampling_are_deterministic(vllm: EngineThread) -> Non
     seeded = [vllm.run(collect(vllm.engine, request(max_tokens=40, temperature=1.0, seed=7)))[-1].text
               for _ in range(2)]
     assert seeded[0] == seeded[1]
+
+
+def test_openai_penalties_reach_vllms_sampler(vllm: EngineThread) -> None:
+    # A random-weight model's greedy text repeats tokens; penalising repeats must change it.
+    plain = vllm.run(collect(vllm.engine, request(max_tokens=40)))[-1]
+    penalised = request(max_tokens=40)
+    penalised = replace(penalised, sampling=replace(penalised.sampling, frequency_penalty=2.0, presence_penalty=2.0))
+    assert vllm.run(collect(vllm.engine, penalised))[-1].text != plain.text
 
 
 def test_a_stop_string_ends_the_output_before_it(vllm: EngineThread) -> None:

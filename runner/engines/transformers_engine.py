@@ -241,6 +241,9 @@ class TransformersEngine:
         assert manager is not None  # check_health guarantees it
         if sampling.max_tokens < 1:
             raise RequestRejected("max_tokens must be at least 1")
+        if sampling.presence_penalty or sampling.frequency_penalty:
+            # Its continuous-batching generation has no OpenAI-style penalties: refused, never ignored.
+            raise RequestRejected("presence_penalty and frequency_penalty are not supported by this engine")
         if request.request_id in self._streams:
             raise ValueError(f"request {request.request_id!r} is already running")
         prompt_ids = self._encode(request)

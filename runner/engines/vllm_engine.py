@@ -89,6 +89,8 @@ class SamplingKwargs(TypedDict):
     top_p: float
     seed: int | None
     stop: list[str] | None
+    presence_penalty: float
+    frequency_penalty: float
 
 
 class EngineKwargs(TypedDict):
@@ -116,6 +118,8 @@ def sampling_kwargs(options: SamplingOptions) -> SamplingKwargs:
         top_p=float(options.top_p),
         seed=seed,
         stop=list(options.stop) or None,
+        presence_penalty=float(options.presence_penalty),
+        frequency_penalty=float(options.frequency_penalty),
     )
 
 
