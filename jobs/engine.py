@@ -33,6 +33,9 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # Structured output (OpenAI's response_format): a JSON schema (serialised), or any JSON object.
+    json_schema: str | None = None
+    json_object: bool = False
 
 
 @dataclass(frozen=True, slots=True)

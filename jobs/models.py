@@ -69,6 +69,48 @@ class ChatMessage(BaseModel):
         return ChatTurn("system" if self.role == "developer" else self.role, self.text)
 
 
+def _storable_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    # The schema is stored with the request in Firestore, whose field names may not be of the form __name__.
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _storable_field_name(key)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+    walk(schema)
+    return schema
+
+
+class JsonSchemaFormat(BaseModel):
+    # `schema` is OpenAI's name (and a BaseModel attribute): the field is schema_, read and written as `schema`.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_by_name=True, validate_by_alias=True,
+                              serialize_by_alias=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any], AfterValidator(_storable_schema)] = Field(
+        default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: `text` (the default), or JSON output constrained by vLLM's structured outputs:
+    any JSON object (`json_object`) or one matching `json_schema.schema`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("'json_schema' is required with type json_schema, and only with it")
+        return self
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -94,6 +136,7 @@ class JobRequest(BaseModel):
     # OpenAI's penalties, -2 to 2, honoured by the vLLM engine (an engine without them rejects a non-zero one).
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    response_format: ResponseFormat | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None  # OpenAI's: only with `stream`
     # OpenAI's: one choice per request here (more is a 400 naming `n`); `user` identifies the caller's end user
@@ -158,6 +201,14 @@ class JobRequest(BaseModel):
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+    def _structured_output(self) -> dict[str, Any]:
+        rf = self.response_format
+        if rf is None or rf.type == "text":
+            return {}
+        if rf.json_schema is not None:
+            return {"json_schema": json.dumps(rf.json_schema.schema_, sort_keys=True)}
+        return {"json_object": True}
+
     def to_generation(self, request_id: str, *, max_tokens: int | None = None) -> GenerationRequest:
         return GenerationRequest(
             request_id=request_id,
@@ -171,6 +222,7 @@ class JobRequest(BaseModel):
                 seed=self.seed,
                 presence_penalty=self.presence_penalty or 0.0,
                 frequency_penalty=self.frequency_penalty or 0.0,
+                **self._structured_output(),
             ),
             priority=0 if self.priority == "interactive" else 1,
         )
@@ -182,7 +234,8 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-_HASH_IF_SET = ("max_completion_tokens", "stream_options", "n", "user", "presence_penalty", "frequency_penalty")
+_HASH_IF_SET = ("max_completion_tokens", "stream_options", "n", "user", "presence_penalty", "frequency_penalty",
+                "response_format")
 
 
 class JobErrorCode(str, Enum):

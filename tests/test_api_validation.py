@@ -62,6 +62,10 @@ INVALID_BODIES = [
     _case({"prompt": "x", "logit_bias": {"1": 5}}, "unsupported_parameter", "logit_bias"),
     _case({"prompt": "x", "presence_penalty": 2.5}, "less_than_equal", "presence_penalty"),
     _case({"prompt": "x", "frequency_penalty": "1"}, "float_type", "frequency_penalty"),
+    _case({"prompt": "x", "response_format": {"type": "xml"}}, "literal_error", "response_format.type"),
+    _case({"prompt": "x", "response_format": {"type": "json_schema"}}, "invalid_request", None),
+    _case({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"properties": {"__name__": {}}}}}}, "reserved_key", None),
     _case({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
           "literal_error", "messages[0].content[0].type"),
     _case({"messages": [{"role": "tool", "content": "x"}]}, "literal_error", "messages[0].role"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import subprocess
 import sys
 import threading
@@ -212,6 +213,15 @@ def test_openai_penalties_reach_vllms_sampler(vllm: EngineThread) -> None:
     penalised = request(max_tokens=40)
     penalised = replace(penalised, sampling=replace(penalised.sampling, frequency_penalty=2.0, presence_penalty=2.0))
     assert vllm.run(collect(vllm.engine, penalised))[-1].text != plain.text
+
+
+def test_a_json_schema_constrains_the_output_through_vllms_structured_outputs(vllm: EngineThread) -> None:
+    # OpenAI's response_format json_schema: even a random-weight model can only answer one of the schema's values.
+    schema = {"type": "string", "enum": ["yes", "no"]}
+    constrained = request(max_tokens=16)
+    constrained = replace(constrained, sampling=replace(constrained.sampling, json_schema=json.dumps(schema)))
+    final = vllm.run(collect(vllm.engine, constrained))[-1]
+    assert json.loads(final.text) in ("yes", "no")
 
 
 def test_a_stop_string_ends_the_output_before_it(vllm: EngineThread) -> None:

@@ -244,6 +244,8 @@ class TransformersEngine:
         if sampling.presence_penalty or sampling.frequency_penalty:
             # Its continuous-batching generation has no OpenAI-style penalties: refused, never ignored.
             raise RequestRejected("presence_penalty and frequency_penalty are not supported by this engine")
+        if sampling.json_schema is not None or sampling.json_object:
+            raise RequestRejected("response_format json_object / json_schema needs the vLLM engine")
         if request.request_id in self._streams:
             raise ValueError(f"request {request.request_id!r} is already running")
         prompt_ids = self._encode(request)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -125,9 +126,16 @@ def sampling_kwargs(options: SamplingOptions) -> SamplingKwargs:
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
     """vLLM SamplingParams; raises vLLM's VLLMValidationError for values it rejects (e.g. temperature > 2)."""
-    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
-    return SamplingParams(**sampling_kwargs(options), output_kind=RequestOutputKind.CUMULATIVE)
+    structured = None
+    if options.json_schema is not None or options.json_object:
+        schema = json.loads(options.json_schema) if options.json_schema is not None else None
+        # An empty schema is any JSON object, as OpenAI's json_object.
+        structured = (StructuredOutputsParams(json=schema) if schema
+                      else StructuredOutputsParams(json_object=True))
+    return SamplingParams(**sampling_kwargs(options), structured_outputs=structured,
+                          output_kind=RequestOutputKind.CUMULATIVE)
 
 
 def engine_kwargs(settings: RunnerSettings) -> EngineKwargs:
