@@ -74,6 +74,8 @@ def _storable_schema(schema: dict[str, Any]) -> dict[str, Any]:
     def walk(value: Any) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
+                if not key:
+                    raise PydanticCustomError("empty_key", "Firestore does not store an empty key")
                 _storable_field_name(key)
                 walk(item)
         elif isinstance(value, list):
