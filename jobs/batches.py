@@ -86,6 +86,15 @@ class _LineShape(BaseModel):
     body: dict[str, Any]
 
 
+def url_body_mismatch(url: str, request: JobRequest) -> str | None:
+    """Why the body does not fit the endpoint (a chat URL without `messages`, a completions URL without
+    `prompt`), or None when it does. `url` is one of URLS."""
+    if request.kind == URLS[url]:
+        return None
+    needed = "messages" if URLS[url] == "chat" else "prompt"
+    return f"{url} needs `{needed}` in the body"
+
+
 def parse_line(raw: str | bytes, line: int) -> BatchLine | LineError:
     """Validate one input line (duplicates are the caller's: see `parse_lines`)."""
     try:
@@ -115,9 +124,8 @@ def parse_line(raw: str | bytes, line: int) -> BatchLine | LineError:
         request = JobRequest.model_validate(shape.body)
     except ValidationError as err:
         return _body_error(err, line, shape.custom_id)
-    if request.kind != URLS[shape.url]:
-        needed = "messages" if URLS[shape.url] == "chat" else "prompt"
-        return LineError(line, shape.custom_id, ErrorCode.URL_BODY_MISMATCH, f"{shape.url} needs `{needed}` in the body")
+    if mismatch := url_body_mismatch(shape.url, request):
+        return LineError(line, shape.custom_id, ErrorCode.URL_BODY_MISMATCH, mismatch)
     return BatchLine(line, shape.custom_id, shape.url, request)
 
 

@@ -84,3 +84,22 @@ class Overloaded(PlatformError):
     work, so the client (or the platform's load balancer) retries elsewhere or later."""
 
     status, code = 503, "overloaded"
+
+
+class CompletionTimeout(PlatformError):
+    """The job did not end within the completion timeout; it was cancelled."""
+
+    status, code = 504, "timeout"
+
+
+class JobCancelled(PlatformError):
+    """The job was cancelled (through POST /v1/jobs/{id}/cancel) before it ended."""
+
+    status, code = 409, "job_cancelled"
+
+
+class StreamDiverged(PlatformError):
+    """The job's partial output no longer extends what was sent (it restarted on another runner and sampled
+    differently); the job goes on, its result is at GET /v1/jobs/{id}."""
+
+    status, code = 500, "stream_diverged"

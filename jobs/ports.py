@@ -3,7 +3,7 @@ them over Firestore, Pub/Sub and Cloud Storage; every method may raise Dependenc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,6 +35,11 @@ class JobStore(Protocol):
         return the last state seen."""
         ...
 
+    def watch(self, job_id: str, *, timeout: float, idle: float) -> Generator[JobRecord | None, None, None]:
+        """Each new state of the document as it changes (the current one first), until a final one or
+        `timeout`; None after every `idle` seconds without a change (for a stream's heartbeat). Close the
+        iterator to stop listening early."""
+        ...
 
     def get_message(self, job_id: str) -> JobMessage | None:
         """The durable copy of the job's message (for re-publishing)."""

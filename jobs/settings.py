@@ -32,6 +32,9 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = 1024 * 1024  # larger bodies get 413 before parsing
     max_wait_seconds: int = constants.MAX_WAIT_SECONDS  # bound of GET /v1/jobs/{id}?wait=N
     publish_timeout_seconds: float = 10.0
+    # POST /v1/chat/completions and /v1/completions wait this long for their job (then cancel it and answer
+    # 504); below the completions function's timeout, so the answer is ours, not the platform's.
+    completion_timeout_seconds: float = Field(default=300.0, gt=0)
     # Admission (jobs/adapters/admission.py): requests one instance works on at once, and the longest a
     # request may queue for a slot; one that would wait longer is answered 503 at once. Half the submit
     # function's 60 s timeout: shed only what would otherwise time out; shorter waits are queueing.

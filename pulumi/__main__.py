@@ -67,6 +67,7 @@ api = Api("api", ApiArgs(
     project=project, region=region, database=s.database,
     submit_name=s.name("submit"), status_name=s.name("status"),
     submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
+    completions_name=s.name("completions"), completions_account_id=s.account_id("completions"),
     jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
     models_json=models_json, model_aliases=s.model_aliases, max_instances=s.api_max_instances,
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
@@ -144,8 +145,10 @@ gateway: Gateway | None = None
 if s.api_auth_mode == "api_key" and any(m in PUBLIC_MEMBERS for m in s.api_invokers):
     gateway = Gateway("gateway", GatewayArgs(
         project=project, region=region, api_id=s.name("api"),
-        addresses={"submit": api.submit_url, "status": api.status_url},
-        deadlines={"submit": 70.0, "status": float(MAX_WAIT_SECONDS + 40)}, labels=labels), opts=after_apis)
+        addresses={"submit": api.submit_url, "status": api.status_url, "completions": api.completions_url},
+        # completions: API Gateway's longest deadline, the function's own timeout.
+        deadlines={"submit": 70.0, "status": float(MAX_WAIT_SECONDS + 40), "completions": 3600.0}, labels=labels),
+    opts=after_apis)
 else:
     pulumi.log.info("no API gateway: in iam mode, or with private functions, call each function's URL")
 
@@ -161,6 +164,7 @@ if gateway is not None:
     pulumi.export("api_url", gateway.url)
 pulumi.export("submit_url", api.submit_url)
 pulumi.export("status_url", api.status_url)
+pulumi.export("completions_url", api.completions_url)
 if runners:
     pulumi.export("runner_url", runners[0].url)
     pulumi.export("runner_urls", {r.model_id: r.url for r in runners})

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -75,6 +76,24 @@ class InMemoryJobStore:
             self.waiting.set()
             self._changed.wait_for(lambda: self._final(job_id), timeout=timeout)
             return self.records.get(job_id)
+
+    def watch(self, job_id: str, *, timeout: float, idle: float) -> Generator[JobRecord | None, None, None]:
+        deadline = time.monotonic() + timeout
+        last: JobRecord | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            seen = last
+            with self._changed:
+                self.waiting.set()
+                self._changed.wait_for(lambda: self.records.get(job_id) not in (None, seen),  # noqa: B023 (waited on here)
+                                       timeout=min(idle, left))
+                record = self.records.get(job_id)
+            if record is None or record == last:
+                yield None
+                continue
+            last = record
+            yield record
+            if record.status.is_final:
+                return
 
     def _final(self, job_id: str) -> bool:
         record = self.records.get(job_id)

@@ -38,7 +38,8 @@ PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 # pulumi_gcp's generated modules warn at import about their own deprecated aliases.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_gcp.*")
 
-FUNCTIONS = {"submit": "submit", "status": "status", "deadletter": "deadletter", "reconcile": "reconcile"}
+FUNCTIONS = {"submit": "submit", "status": "status", "completions": "completions", "deadletter": "deadletter",
+             "reconcile": "reconcile"}
 
 SERVICE = "gcp:cloudrunv2/service:Service"
 JOB = "gcp:cloudrunv2/job:Job"
@@ -451,6 +452,10 @@ def test_functions_are_gen2_scale_to_zero_and_are_set_up_for_concurrency(deploym
         assert deployment.function(name).inputs["serviceConfig"]["maxInstanceRequestConcurrency"] >= 10
     status = deployment.function("status").inputs["serviceConfig"]
     assert status["timeoutSeconds"] > int(status["environmentVariables"]["LLMQ_MAX_WAIT_SECONDS"])
+    # completions waits on its job: a long timeout, the wait ending before it, many waiting requests at once.
+    completions = deployment.function("completions").inputs["serviceConfig"]
+    assert completions["timeoutSeconds"] == 3600 and completions["maxInstanceRequestConcurrency"] >= 250
+    assert completions["timeoutSeconds"] > float(completions["environmentVariables"]["LLMQ_COMPLETION_TIMEOUT_SECONDS"])
     assert deployment.function("reconcile").inputs["serviceConfig"]["maxInstanceCount"] == 1
     for name in ("deadletter", "reconcile"):
         assert deployment.function(name).inputs["serviceConfig"]["ingressSettings"] == "ALLOW_INTERNAL_ONLY"
@@ -647,14 +652,14 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     accounts = [a.inputs["accountId"] for a in deployment.of(ACCOUNT)]
     assert len(accounts) == len(set(accounts))
     assert set(accounts) == {f"llmq-{s}" for s in (
-        "submit", "status", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
+        "submit", "status", "completions", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
         "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
     runtime = {
         runner(deployment).inputs["template"]["serviceAccount"],
         deployment.one(JOB).inputs["template"]["template"]["serviceAccount"],
         *(deployment.function(n).inputs["serviceConfig"]["serviceAccountEmail"] for n in FUNCTIONS),
     }
-    assert len(runtime) == 6  # no two deployables share an identity
+    assert len(runtime) == 7  # no two deployables share an identity
     assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
     assert {role for _, role in deployment.roles_of(deployment.account("llmq-submit"))} == {
         "roles/datastore.user", "roles/pubsub.publisher", "roles/run.jobsExecutorWithOverrides",

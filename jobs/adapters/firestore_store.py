@@ -4,9 +4,10 @@ update time (lock-free: the emulator's transaction locks time out under concurre
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any
 
@@ -124,6 +125,37 @@ class FirestoreJobStore:
         finally:
             watch.unsubscribe()
         return latest[-1] if latest else None
+
+    def watch(self, job_id: str, *, timeout: float, idle: float) -> Generator[JobRecord | None, None, None]:
+        changes: queue.Queue[JobRecord] = queue.Queue()
+
+        def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:
+            for snapshot in snapshots:
+                if snapshot.exists:
+                    changes.put(JobRecord.model_validate(snapshot.to_dict()))
+
+        watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
+        deadline = time.monotonic() + timeout
+        last: JobRecord | None = None
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    record: JobRecord | None = changes.get(timeout=min(idle, left))
+                except queue.Empty:
+                    # A listener can miss a change (see wait_until_final): an idle interval re-reads as well.
+                    try:
+                        record = self.get(job_id)
+                    except DependencyUnavailable:
+                        record = None
+                if record is None or record == last:
+                    yield None
+                    continue
+                last = record
+                yield record
+                if record.status.is_final:
+                    return
+        finally:
+            watch.unsubscribe()
 
     def watch_cancelled(self, instance: str, on_cancelled: Callable[[str, str], None]) -> Callable[[], None]:
         """One listener for all the jobs a runner instance holds: calls on_cancelled(job_id, lease_owner)

@@ -1,4 +1,4 @@
-"""The public HTTP API: the submit and status functions, each with its own identity.
+"""The public HTTP API: the submit, status and completions functions, each with its own identity.
 
 submit also starts on-demand batches (POST /v1/batches): it stores inline input under the batch
 bucket's `inbox-ondemand/` and runs the batch Cloud Run job with per-batch arguments. The job is
@@ -32,6 +32,12 @@ from llmq_infra.function import HttpFunction, HttpFunctionArgs
 # (a listener, no CPU) for up to 60 s, so the same bound, for as many waiting clients.
 SUBMIT_CONCURRENCY = 250
 STATUS_CONCURRENCY = 250
+# Completions (OpenAI's chat and completions): each request mostly waits on a listener for its job, up to the
+# completion timeout; the function's own timeout is Cloud Run's longest, and the wait ends a minute before it so
+# that the 504 (and the cancel) is the function's answer, not the platform's.
+COMPLETIONS_CONCURRENCY = 500
+COMPLETIONS_TIMEOUT_SECONDS = 3600
+COMPLETION_WAIT_SECONDS = COMPLETIONS_TIMEOUT_SECONDS - 60
 
 
 def bucket_prefix_condition(bucket: pulumi.Input[str], prefix: str) -> gcp.storage.BucketIAMMemberConditionArgs:
@@ -54,6 +60,8 @@ class ApiArgs:
     status_name: str
     submit_account_id: str
     status_account_id: str
+    completions_name: str
+    completions_account_id: str
     jobs_topic: pulumi.Input[str]
     batch_jobs_topic: pulumi.Input[str]  # `priority: "batch"` jobs
     models_json: str  # LLMQ_MODELS
@@ -88,13 +96,15 @@ class Api(pulumi.ComponentResource):
     token_audience: str
     submit: HttpFunction
     status: HttpFunction
+    completions: HttpFunction
     submit_member: pulumi.Output[str]  # serviceAccount:<submit identity>, for the batch job's launcher grant
     submit_url: pulumi.Output[str]
     status_url: pulumi.Output[str]
+    completions_url: pulumi.Output[str]
 
     def __init__(self, name: str, args: ApiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if args.submit_name == args.status_name:
-            raise ValueError("Api: submit and status need distinct names")
+        if len({args.submit_name, args.status_name, args.completions_name}) < 3:
+            raise ValueError("Api: submit, status and completions need distinct names")
         if args.max_instances < 1:
             raise ValueError("Api: max_instances must be at least 1")
         if args.auth_mode not in AUTH_MODES:
@@ -153,6 +163,18 @@ class Api(pulumi.ComponentResource):
             # A `wait` holds its request up to 60 s: the timeout leaves room to answer after it.
             max_instances=args.max_instances, concurrency=STATUS_CONCURRENCY, timeout_seconds=MAX_WAIT_SECONDS + 30,
             description="llmq: GET /v1/jobs/{id}, /v1/batches/{id}, /v1/models", **common), opts=child)
+        # Completions submits interactive jobs (the submit function's quotas) and waits for them.
+        completions_env: dict[str, pulumi.Input[str]] = {
+            **env,
+            "LLMQ_QUOTA_SUBMISSIONS_PER_MINUTE": str(args.quota_submissions_per_minute),
+            "LLMQ_QUOTA_QUEUED_JOBS": str(args.quota_queued_jobs),
+            "LLMQ_COMPLETION_TIMEOUT_SECONDS": str(COMPLETION_WAIT_SECONDS),
+        }
+        self.completions = HttpFunction(f"{name}-completions", HttpFunctionArgs(
+            function_name=args.completions_name, source="completions", entry_point="completions",
+            account_id=args.completions_account_id, env=completions_env, max_instances=args.max_instances,
+            concurrency=COMPLETIONS_CONCURRENCY, timeout_seconds=COMPLETIONS_TIMEOUT_SECONDS, memory="1Gi",
+            description="llmq: POST /v1/chat/completions, /v1/completions", **common), opts=child)
 
         # submit creates and cancels jobs and batches, publishes jobs, and stores inline batch input;
         # status only reads Firestore (jobs, batches, api_keys).
@@ -173,10 +195,18 @@ class Api(pulumi.ComponentResource):
         gcp.storage.BucketIAMMember(f"{name}-submit-batch-ondemand", bucket=args.batch_bucket,
                                     role="roles/storage.objectUser", member=self.submit.service_account.member,
                                     condition=bucket_prefix_condition(args.batch_bucket, ONDEMAND_PREFIX), opts=child)
+        # completions creates and cancels interactive jobs, publishes them, and reads their documents.
+        gcp.projects.IAMMember(f"{name}-completions-firestore", project=args.project, role="roles/datastore.user",
+                               member=self.completions.service_account.member,
+                               condition=firestore_condition(args.project, args.database), opts=child)
+        gcp.pubsub.TopicIAMMember(f"{name}-completions-publisher", project=args.project, topic=args.jobs_topic,
+                                  role="roles/pubsub.publisher", member=self.completions.service_account.member,
+                                  opts=child)
         gcp.projects.IAMMember(f"{name}-status-firestore", project=args.project, role="roles/datastore.viewer",
                                member=self.status.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)
-        for role_name, function in (("submit", self.submit), ("status", self.status)):
+        for role_name, function in (("submit", self.submit), ("status", self.status),
+                                    ("completions", self.completions)):
             for i, member in enumerate(args.invokers):
                 gcp.cloudrunv2.ServiceIamMember(
                     f"{name}-{role_name}-invoker-{i}", project=args.project, location=args.region,
@@ -185,4 +215,6 @@ class Api(pulumi.ComponentResource):
         self.submit_member = self.submit.service_account.member
         self.submit_url = self.submit.url
         self.status_url = self.status.url
-        self.register_outputs({"submit_url": self.submit_url, "status_url": self.status_url})
+        self.completions_url = self.completions.url
+        self.register_outputs({"submit_url": self.submit_url, "status_url": self.status_url,
+                               "completions_url": self.completions_url})
