@@ -26,13 +26,14 @@ def response_object(kind: Literal["chat", "completion"], view: JobView) -> dict[
                            text=view.output, finish_reason=view.finish_reason or "stop", usage=view.usage)
 
 
-def job_error(view: JobView) -> PlatformError:
+def job_error(view: JobView, kind: Literal["chat", "completion"] = "chat") -> PlatformError:
     """The error to answer for a job that ended without succeeding."""
     code = str(view.error.code.value if isinstance(view.error.code, JobErrorCode) else view.error.code) \
         if view.error else ""
     message = view.error.message if view.error else f"job {view.id} ended {view.status.value}"
     if code == JobErrorCode.CONTEXT_LENGTH_EXCEEDED.value:
-        return InvalidRequest(message, code=code, details=[{"field": "messages", "code": "too_long", "message": message}])
+        field = "messages" if kind == "chat" else "prompt"
+        return InvalidRequest(message, code=code, details=[{"field": field, "code": "too_long", "message": message}])
     if code == JobErrorCode.REJECTED_BY_ENGINE.value:
         return InvalidRequest(message, code=code)
     if code == JobErrorCode.DEADLINE_EXCEEDED.value:
@@ -104,7 +105,7 @@ def step(head: StreamHead, sent: str, view: JobView) -> StreamStep:
     if not view.status.is_final:
         return StreamStep(events, sent, False)
     if view.status is not JobStatus.SUCCEEDED:
-        return _end_with_error(head, sent, job_error(view), events)
+        return _end_with_error(head, sent, job_error(view, head.kind), events)
     events.append(event(head.chunk(finish_reason=view.finish_reason or "stop")))
     if head.include_usage and view.usage is not None:
         events.append(event({"id": head.id, "object": head.chunk()["object"], "created": head.created,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from typing import Literal
 
 import flask
 import functions_framework
@@ -79,7 +80,7 @@ def _route(request: flask.Request) -> flask.Response:
     return _answer(job_request.kind, view, tenant=tenant, deadline=deadline, headers=headers)
 
 
-def _answer(kind: str, view: JobView, *, tenant: str, deadline: float, headers: dict[str, str]) -> flask.Response:
+def _answer(kind: Literal["chat", "completion"], view: JobView, *, tenant: str, deadline: float, headers: dict[str, str]) -> flask.Response:
     try:
         if not view.status.is_final:
             view = job_service().get(view.id, tenant=tenant, wait_seconds=max(0.0, deadline - time.monotonic()))
@@ -88,8 +89,8 @@ def _answer(kind: str, view: JobView, *, tenant: str, deadline: float, headers: 
     except PlatformError as err:
         return _error(err, headers)
     if view.status is JobStatus.SUCCEEDED:
-        return json_response(response_object("chat" if kind == "chat" else "completion", view), 200, headers)
-    return _error(job_error(view), headers)
+        return json_response(response_object(kind, view), 200, headers)
+    return _error(job_error(view, kind), headers)
 
 
 def _give_up(job_id: str, tenant: str) -> JobView:
@@ -112,7 +113,9 @@ def _stream(head: StreamHead, view: JobView, *, tenant: str, deadline: float) ->
     """The server-sent events of one job. A GeneratorExit at a yield is the client gone: the job is cancelled."""
     finished = False
     try:
-        yield from head.opening()
+        # The first write sends the headers (and llmq-job-id): a completion stream, which has no role chunk,
+        # opens with a heartbeat.
+        yield from head.opening() or [HEARTBEAT]
         sent = ""
         outcome = step(head, sent, view)
         yield from outcome.events
