@@ -1,5 +1,6 @@
 """The demo: submit a handful of prompts over HTTP to the local stack, watch each job's Firestore
-document with on_snapshot listeners, and print the status transitions, outputs and timings.
+document with on_snapshot listeners, and print the status transitions, outputs and timings; then the
+same platform through OpenAI's own SDK at the stack's one URL (a chat completion, and a streamed one).
 
 Uses the running stack found in <state dir>/stack.json, or starts one for the demo and stops it
 afterwards. Exits 0 when every job succeeded and its GCS result matches its document.
@@ -88,7 +89,28 @@ def run_demo(stack: Stack, timeout: float) -> bool:
             any_id = next(iter(submitted))
             view = stack.job(client, any_id, wait=5).json()
             print(f"\nGET /v1/jobs/{any_id} -> {view['status']}")
-    return ok
+    return ok and openai_sdk_demo(stack)
+
+
+def openai_sdk_demo(stack: Stack) -> bool:
+    """A program written for OpenAI, pointed at llmq by base_url and api_key alone."""
+    import openai  # here: only this part of the demo needs the SDK
+
+    print(f"\nOpenAI SDK at {stack.info['api_url']}/v1")
+    with openai.OpenAI(base_url=stack.info["api_url"] + "/v1", api_key=stack.info["api_key"], timeout=120) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model=stack.info["model"], messages=[{"role": "user", "content": "Name a queue."}], max_tokens=24)
+        chat = raw.parse()
+        print(f"  chat.completions.create -> {chat.object} from {chat.model}, job {raw.headers['llmq-job-id']}: "
+              f"{(chat.choices[0].message.content or '')[:60]!r} ({chat.usage.total_tokens if chat.usage else '?'} tokens)")
+        pieces: list[str] = []
+        with sdk.chat.completions.create(model=stack.info["model"], stream=True, max_tokens=24,
+                                         stream_options={"include_usage": True},
+                                         messages=[{"role": "user", "content": "Stream a poem."}]) as stream:
+            for chunk in stream:
+                pieces.extend(c.delta.content or "" for c in chunk.choices)
+        print(f"  chat.completions.create(stream=True) -> {len(pieces)} deltas: {''.join(pieces)[:60]!r}")
+    return chat.object == "chat.completion" and bool(pieces)
 
 
 def main() -> None:
