@@ -1,12 +1,15 @@
-"""The Firestore adapter's listener for cancellations, against the emulator."""
+"""The Firestore adapter's listeners (for cancellations, for one job's changes), against the emulator."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jobs.adapters.firestore_store import FirestoreJobStore
+from jobs.models import JobRecord
+from jobs.state import JobStatus
 
 
 def test_cancel_listener_sees_only_this_instances_cancelled_jobs(db: Any) -> None:
@@ -43,3 +46,42 @@ def test_cancel_listener_sees_only_this_instances_cancelled_jobs(db: Any) -> Non
     assert ("mine", "o-mine") in calls
     assert {job_id for job_id, _ in calls} <= {"mine", "old"}
     assert calls.count(("mine", "o-mine")) == 1
+
+
+def _record(job_id: str) -> dict[str, Any]:
+    """A running job's document, as the adapter writes it."""
+    now = datetime.now(UTC)
+    record = JobRecord(id=job_id, tenant="t", status=JobStatus.RUNNING, model="m", kind="chat",
+                       priority="interactive", stream=True, created_at=now, expire_at=now + timedelta(days=1),
+                       request_hash="h")
+    return record.model_dump(mode="python") | {"status": record.status.value}
+
+
+def test_watch_yields_each_change_then_stops_at_the_final_one(db: Any) -> None:
+    collection = f"jobs_stream_{uuid.uuid4().hex[:8]}"
+    jobs = db.collection(collection)
+    jobs.document("j").set(_record("j"))
+    store = FirestoreJobStore(db, collection=collection)
+    outputs: list[str | None] = []
+    statuses: list[str] = []
+    changes = store.watch("j", timeout=60, idle=0.5)
+    try:
+        first = next(changes)
+        assert first is not None and first.output is None
+        jobs.document("j").update({"output": "Hel"})
+        jobs.document("j").update({"output": "Hello", "status": "succeeded"})
+        for record in changes:
+            if record is not None:
+                outputs.append(record.output)
+                statuses.append(record.status.value)
+    finally:
+        changes.close()
+    assert outputs[-1] == "Hello" and statuses[-1] == "succeeded"  # intermediate states may be coalesced
+    assert statuses.count("succeeded") == 1  # it stopped at the final state
+
+
+def test_watch_heartbeats_while_nothing_changes_and_ends_at_its_timeout(db: Any) -> None:
+    collection = f"jobs_stream_{uuid.uuid4().hex[:8]}"
+    db.collection(collection).document("j").set(_record("j"))
+    seen = list(FirestoreJobStore(db, collection=collection).watch("j", timeout=1.6, idle=0.5))
+    assert seen[0] is not None and seen[1:] and all(s is None for s in seen[1:])
