@@ -29,14 +29,20 @@ def serve(app: Starlette, *, host: str, port: int, fd: int | None = None) -> Non
         sys.exit(STARTUP_FAILURE)
 
 
+def add_listen_arguments(parser: argparse.ArgumentParser, *, default_port: int | None = None) -> None:
+    """--host, and where to serve: --port, or --fd (an inherited listening socket; scripts/processes.py).
+    Without a default port one of the two is required."""
+    parser.add_argument("--host", default="127.0.0.1")
+    where = parser.add_mutually_exclusive_group(required=default_port is None)
+    where.add_argument("--port", type=int, default=default_port)
+    where.add_argument("--fd", type=int, help="serve this inherited listening socket instead of binding a port")
+
+
 def main() -> None:
     from runner.app import create_app  # here, not above: `serve` alone needs none of the runner's imports
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--port", type=int, default=8080)
-    where.add_argument("--fd", type=int, help="serve this inherited listening socket instead of binding a port")
+    add_listen_arguments(parser, default_port=8080)
     args = parser.parse_args()
     configure_logging()
     serve(create_app(), host=args.host, port=args.port, fd=args.fd)

@@ -22,7 +22,7 @@ from jobs.adapters.http import openapi_document
 from jobs.errors import MethodNotAllowed, NotFound, PlatformError
 from jobs.logs import configure_logging
 from jobs.routes import RoutingTable
-from runner.__main__ import serve  # uvicorn on a port or an inherited socket
+from runner.__main__ import add_listen_arguments, serve  # uvicorn on a port or an inherited socket
 
 # Per RFC 9110 §7.6.1 these describe one connection, not the message: never forwarded.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -87,10 +87,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--function", action="append", default=[], metavar="NAME=URL", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", type=int)
-    where.add_argument("--fd", type=int, help="serve this inherited listening socket instead of binding a port")
+    add_listen_arguments(parser)
     args = parser.parse_args()
     configure_logging()
     addresses = dict(item.split("=", 1) for item in args.function)

@@ -14,6 +14,7 @@ from functions_framework import create_app
 from werkzeug.serving import ThreadedWSGIServer
 
 from jobs.logs import configure_logging
+from runner.__main__ import add_listen_arguments
 from scripts.processes import LISTEN_BACKLOG
 
 
@@ -26,10 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", required=True)
     parser.add_argument("--source", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--port", type=int)
-    where.add_argument("--fd", type=int, help="serve this inherited listening socket instead of binding a port")
+    add_listen_arguments(parser)
     args = parser.parse_args()
     configure_logging()
     server = _Server(args.host, args.port or 0, create_app(args.target, args.source), fd=args.fd)

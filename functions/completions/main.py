@@ -22,7 +22,7 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document, read_model
+from jobs.adapters.http import answer, error_response, install_json_errors, json_response, read_model
 from jobs.adapters.wiring import admission, job_service, job_store
 from jobs.batches import URLS, url_body_mismatch
 from jobs.errors import CompletionTimeout, InvalidRequest, MethodNotAllowed, NotFound, PlatformError
@@ -43,16 +43,10 @@ HEARTBEAT_SECONDS = 5.0
 
 @functions_framework.http
 def completions(request: flask.Request) -> flask.Response:
-    try:
-        return _route(request)
-    except PlatformError as err:
-        return error_response(err)
+    return answer(request, _route)
 
 
-def _route(request: flask.Request) -> flask.Response:
-    path = request.path.rstrip("/") or "/"
-    if path == "/openapi.json" and request.method == "GET":  # the only route open without a key
-        return json_response(openapi_document())
+def _route(request: flask.Request, path: str) -> flask.Response:
     if path not in URLS:
         with admission().slot():
             caller_tenant(request)  # authentication first, as every other route answers

@@ -9,9 +9,9 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document
+from jobs.adapters.http import answer, install_json_errors, json_response
 from jobs.adapters.wiring import batch_service, job_service
-from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound, PlatformError
+from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
 from jobs.settings import api_settings
 
@@ -25,16 +25,10 @@ _STARTED = int(time.time())
 
 @functions_framework.http
 def status(request: flask.Request) -> flask.Response:
-    try:
-        return _route(request)
-    except PlatformError as err:
-        return error_response(err)
+    return answer(request, _route)
 
 
-def _route(request: flask.Request) -> flask.Response:
-    path = request.path.rstrip("/") or "/"
-    if path == "/openapi.json" and request.method == "GET":  # the only route open without a key
-        return json_response(openapi_document())
+def _route(request: flask.Request, path: str) -> flask.Response:
     tenant = caller_tenant(request)  # authentication first: nothing is read before it
     if request.method != "GET":
         raise MethodNotAllowed(f"{request.method} is not allowed here; use GET")

@@ -9,10 +9,10 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import error_response, install_json_errors, json_response, openapi_document, read_model
+from jobs.adapters.http import answer, install_json_errors, json_response, read_model
 from jobs.adapters.wiring import admission, batch_service, job_service
 from jobs.batch_service import CreateBatchRequest
-from jobs.errors import MethodNotAllowed, NotFound, PlatformError
+from jobs.errors import MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
 from jobs.models import JobRequest
 from jobs.settings import api_settings
@@ -26,17 +26,10 @@ _BATCH_CANCEL = re.compile(r"^/v1/batches/([^/]+)/cancel$")
 
 @functions_framework.http
 def submit(request: flask.Request) -> flask.Response:
-    try:
-        return _route(request)
-    except PlatformError as err:
-        return error_response(err)
+    return answer(request, _route)
 
 
-def _route(request: flask.Request) -> flask.Response:
-    path = request.path.rstrip("/") or "/"
-    if path == "/openapi.json":  # the only route open without a key
-        _require(request, "GET")
-        return json_response(openapi_document())
+def _route(request: flask.Request, path: str) -> flask.Response:
     with admission().slot():  # refused at once, before any work, when the wait would be too long
         return _work(request, path)
 

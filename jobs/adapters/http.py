@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
-from jobs.errors import InvalidRequest, PayloadTooLarge, PlatformError, UnsupportedMediaType
+from jobs.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge, PlatformError, UnsupportedMediaType
 from jobs.validation import UNSUPPORTED_PARAMETER, field_errors, unsupported_fields
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,20 @@ def error_response(err: PlatformError) -> flask.Response:
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmq"'
     return json_response(err.to_body(), err.status, headers or None)
+
+
+def answer(request: flask.Request, route: Callable[[flask.Request, str], flask.Response]) -> flask.Response:
+    """Every API function's entry: `GET /openapi.json` (the only route open without a key), otherwise
+    `route(request, path)` with the trailing slash dropped, its PlatformError answered in the API's shape."""
+    try:
+        path = request.path.rstrip("/") or "/"
+        if path == "/openapi.json":
+            if request.method != "GET":
+                raise MethodNotAllowed(f"{request.method} is not allowed here; use GET")
+            return json_response(openapi_document())
+        return route(request, path)
+    except PlatformError as err:
+        return error_response(err)
 
 
 def install_json_errors(errorhandler: Any) -> None:
