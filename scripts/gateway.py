@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from jobs.adapters.http import openapi_document
-from jobs.errors import MethodNotAllowed, NotFound, PlatformError
+from jobs.adapters.http import error_headers, openapi_document
+from jobs.errors import DependencyUnavailable, MethodNotAllowed, NotFound, PlatformError
 from jobs.logs import configure_logging
 from jobs.routes import RoutingTable
 from runner.__main__ import add_listen_arguments, serve  # uvicorn on a port or an inherited socket
@@ -49,7 +49,7 @@ def create_app(table: RoutingTable, addresses: Mapping[str, str]) -> Starlette:
         try:
             upstream = await client.send(upstream_request, stream=True)
         except httpx.TransportError:
-            return _error(_Unavailable(f"the {found.function} function is not answering"))
+            return _error(DependencyUnavailable(f"the {found.function} function is not answering"))
         response_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
         return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=response_headers,
                                  background=BackgroundTask(upstream.aclose))
@@ -64,14 +64,8 @@ def create_app(table: RoutingTable, addresses: Mapping[str, str]) -> Starlette:
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)], lifespan=lifespan)
 
 
-class _Unavailable(PlatformError):
-    status = 503
-    code = "unavailable"
-
-
 def _error(err: PlatformError) -> JSONResponse:
-    headers = {"Retry-After": str(err.retry_after or 1)} if err.status in (429, 503) else None
-    return JSONResponse(err.to_body(), status_code=err.status, headers=headers)
+    return JSONResponse(err.to_body(), status_code=err.status, headers=error_headers(err))
 
 
 def _has_body(request: Request) -> bool:

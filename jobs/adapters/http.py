@@ -31,13 +31,18 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
                           mimetype="application/json")
 
 
-def error_response(err: PlatformError) -> flask.Response:
+def error_headers(err: PlatformError) -> dict[str, str]:
+    """The headers an error answer carries: when to retry (429, 503), how to authenticate (401)."""
     headers: dict[str, str] = {}
     if err.status in (429, 503):
         headers["Retry-After"] = str(err.retry_after or 1)
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="llmq"'
-    return json_response(err.to_body(), err.status, headers or None)
+    return headers
+
+
+def error_response(err: PlatformError) -> flask.Response:
+    return json_response(err.to_body(), err.status, error_headers(err) or None)
 
 
 def answer(request: flask.Request, route: Callable[[flask.Request, str], flask.Response]) -> flask.Response:
