@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jobs.batch_state import RESUMABLE, BatchStatus, transition
-from jobs.models import JobRequest, Usage
+from jobs.models import INPUT_FIELD, JobRequest, Usage
 from jobs.results import openai_response
 from jobs.validation import field_errors, unsupported_fields
 
@@ -91,8 +91,7 @@ def url_body_mismatch(url: str, request: JobRequest) -> str | None:
     `prompt`), or None when it does. `url` is one of URLS."""
     if request.kind == URLS[url]:
         return None
-    needed = "messages" if URLS[url] == "chat" else "prompt"
-    return f"{url} needs `{needed}` in the body"
+    return f"{url} needs `{INPUT_FIELD[URLS[url]]}` in the body"
 
 
 def parse_line(raw: str | bytes, line: int) -> BatchLine | LineError:

@@ -230,6 +230,10 @@ class JobRequest(BaseModel):
         )
 
 
+# The body field that carries each kind's input: named by errors about it.
+INPUT_FIELD: dict[Literal["chat", "completion"], str] = {"chat": "messages", "completion": "prompt"}
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from jobs.errors import CompletionTimeout, InvalidRequest, JobCancelled, PlatformError, StreamDiverged
-from jobs.models import JobErrorCode, JobView
+from jobs.models import INPUT_FIELD, JobErrorCode, JobView
 from jobs.results import openai_response
 from jobs.state import JobStatus
 
@@ -32,8 +32,8 @@ def job_error(view: JobView, kind: Literal["chat", "completion"] = "chat") -> Pl
         if view.error else ""
     message = view.error.message if view.error else f"job {view.id} ended {view.status.value}"
     if code == JobErrorCode.CONTEXT_LENGTH_EXCEEDED.value:
-        field = "messages" if kind == "chat" else "prompt"
-        return InvalidRequest(message, code=code, details=[{"field": field, "code": "too_long", "message": message}])
+        return InvalidRequest(message, code=code,
+                              details=[{"field": INPUT_FIELD[kind], "code": "too_long", "message": message}])
     if code == JobErrorCode.REJECTED_BY_ENGINE.value:
         return InvalidRequest(message, code=code)
     if code == JobErrorCode.DEADLINE_EXCEEDED.value:
@@ -100,12 +100,12 @@ def step(head: StreamHead, sent: str, view: JobView) -> StreamStep:
             events.append(event(head.chunk(text=text[len(sent):])))
             sent = text
     elif not sent.startswith(text) or view.status is JobStatus.SUCCEEDED:
-        return _end_with_error(head, sent, StreamDiverged(f"job {view.id}'s output changed while streaming; "
+        return _end_with_error(sent, StreamDiverged(f"job {view.id}'s output changed while streaming; "
                                                           f"its result is at GET /v1/jobs/{view.id}"))
     if not view.status.is_final:
         return StreamStep(events, sent, False)
     if view.status is not JobStatus.SUCCEEDED:
-        return _end_with_error(head, sent, job_error(view, head.kind), events)
+        return _end_with_error(sent, job_error(view, head.kind), events)
     events.append(event(head.chunk(finish_reason=view.finish_reason or "stop")))
     if head.include_usage and view.usage is not None:
         events.append(event({"id": head.id, "object": head.chunk()["object"], "created": head.created,
@@ -119,6 +119,5 @@ def error_events(err: PlatformError) -> list[str]:
     return [event(err.to_body()), DONE]
 
 
-def _end_with_error(head: StreamHead, sent: str, err: PlatformError, events: list[str] | None = None) -> StreamStep:
-    del head
+def _end_with_error(sent: str, err: PlatformError, events: list[str] | None = None) -> StreamStep:
     return StreamStep([*(events or []), *error_events(err)], sent, True)

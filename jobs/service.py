@@ -10,7 +10,7 @@ from jobs import lifecycle
 from jobs.catalog import ModelCatalog
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
 from jobs.ids import is_job_id, new_job_id
-from jobs.models import JobMessage, JobRecord, JobRequest, JobView
+from jobs.models import INPUT_FIELD, JobMessage, JobRecord, JobRequest, JobView
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota, QuotaGuard
 from jobs.state import JobStatus
@@ -64,7 +64,7 @@ class JobService:
         # runner checks the exact token count and fails the job (context_length_exceeded).
         limit = spec.max_model_len * self._max_chars_per_token
         if request.prompt_chars > limit:
-            field = "messages" if request.messages is not None else "prompt"
+            field = INPUT_FIELD[request.kind]
             raise InvalidRequest(
                 f"the prompt is {request.prompt_chars} characters; model {spec.id} takes {spec.max_model_len} tokens",
                 code="context_length_exceeded",

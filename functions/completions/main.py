@@ -27,7 +27,7 @@ from jobs.adapters.wiring import admission, job_service, job_store
 from jobs.batches import URLS, url_body_mismatch
 from jobs.errors import CompletionTimeout, InvalidRequest, MethodNotAllowed, NotFound, PlatformError
 from jobs.logs import configure_logging
-from jobs.models import JobRequest, JobView
+from jobs.models import INPUT_FIELD, JobRequest, JobView
 from jobs.openai_stream import HEARTBEAT, StreamHead, error_events, job_error, response_object, step
 from jobs.settings import api_settings
 from jobs.state import JobStatus
@@ -58,9 +58,8 @@ def _route(request: flask.Request, path: str) -> flask.Response:
             raise MethodNotAllowed(f"{request.method} is not allowed here; use POST")
         job_request = read_model(request, JobRequest, max_bytes=api_settings().max_body_bytes)
         if mismatch := url_body_mismatch(path, job_request):
-            field = "messages" if URLS[path] == "chat" else "prompt"
             raise InvalidRequest(mismatch, code="url_body_mismatch",
-                                 details=[{"field": field, "code": "required", "message": mismatch}])
+                                 details=[{"field": INPUT_FIELD[URLS[path]], "code": "required", "message": mismatch}])
         job_request = job_request.model_copy(update={"priority": "interactive"})  # someone is waiting on it
         view, _ = job_service().submit(job_request, tenant=tenant,
                                        idempotency_key=request.headers.get("Idempotency-Key"))
