@@ -3,6 +3,7 @@ them over Firestore, Pub/Sub and Cloud Storage; every method may raise Dependenc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,6 +12,24 @@ from jobs.models import JobMessage, JobRecord
 
 # A pure function from the current document to the new one, or None for "no change".
 Mutation = Callable[[JobRecord], JobRecord | None]
+
+
+def watch_states(next_state: Callable[[JobRecord | None, float], JobRecord | None], *, timeout: float,
+                 idle: float) -> Generator[JobRecord | None, None, None]:
+    """JobStore.watch for any store: `next_state(last, wait)` waits up to `wait` seconds for a state other than
+    `last` and returns the latest it has (None: no document). Yields each new state, None after an idle
+    interval without one, and stops after a final state or at the timeout."""
+    deadline = time.monotonic() + timeout
+    last: JobRecord | None = None
+    while (left := deadline - time.monotonic()) > 0:
+        record = next_state(last, min(idle, left))
+        if record is None or record == last:
+            yield None
+            continue
+        last = record
+        yield record
+        if record.status.is_final:
+            return
 
 
 class JobStore(Protocol):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +24,7 @@ from jobs.engine import (
     PromptTooLong,
 )
 from jobs.models import JobMessage, JobRecord
-from jobs.ports import Mutation
+from jobs.ports import Mutation, watch_states
 from jobs.state import JobStatus
 
 
@@ -78,22 +77,13 @@ class InMemoryJobStore:
             return self.records.get(job_id)
 
     def watch(self, job_id: str, *, timeout: float, idle: float) -> Generator[JobRecord | None, None, None]:
-        deadline = time.monotonic() + timeout
-        last: JobRecord | None = None
-        while (left := deadline - time.monotonic()) > 0:
-            seen = last
+        def next_state(last: JobRecord | None, wait: float) -> JobRecord | None:
             with self._changed:
                 self.waiting.set()
-                self._changed.wait_for(lambda: self.records.get(job_id) not in (None, seen),  # noqa: B023 (waited on here)
-                                       timeout=min(idle, left))
-                record = self.records.get(job_id)
-            if record is None or record == last:
-                yield None
-                continue
-            last = record
-            yield record
-            if record.status.is_final:
-                return
+                self._changed.wait_for(lambda: self.records.get(job_id) not in (None, last), timeout=wait)
+                return self.records.get(job_id)
+
+        yield from watch_states(next_state, timeout=timeout, idle=idle)
 
     def _final(self, job_id: str) -> bool:
         record = self.records.get(job_id)

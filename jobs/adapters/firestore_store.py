@@ -20,7 +20,7 @@ from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.constants import JOBS_COLLECTION, REQUEST_SUBCOLLECTION
 from jobs.errors import DependencyUnavailable, PayloadTooLarge
 from jobs.models import JobMessage, JobRecord
-from jobs.ports import Mutation
+from jobs.ports import Mutation, watch_states
 
 log = logging.getLogger(__name__)
 
@@ -134,26 +134,19 @@ class FirestoreJobStore:
                 if snapshot.exists:
                     changes.put(JobRecord.model_validate(snapshot.to_dict()))
 
-        watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
-        deadline = time.monotonic() + timeout
-        last: JobRecord | None = None
-        try:
-            while (left := deadline - time.monotonic()) > 0:
+        def next_state(_last: JobRecord | None, wait: float) -> JobRecord | None:
+            try:
+                return changes.get(timeout=wait)
+            except queue.Empty:
+                # A listener can miss a change (see wait_until_final): an idle interval re-reads as well.
                 try:
-                    record: JobRecord | None = changes.get(timeout=min(idle, left))
-                except queue.Empty:
-                    # A listener can miss a change (see wait_until_final): an idle interval re-reads as well.
-                    try:
-                        record = self.get(job_id)
-                    except DependencyUnavailable:
-                        record = None
-                if record is None or record == last:
-                    yield None
-                    continue
-                last = record
-                yield record
-                if record.status.is_final:
-                    return
+                    return self.get(job_id)
+                except DependencyUnavailable:
+                    return None
+
+        watch = self._jobs.document(job_id).on_snapshot(on_snapshot)
+        try:
+            yield from watch_states(next_state, timeout=timeout, idle=idle)
         finally:
             watch.unsubscribe()
 
