@@ -1,6 +1,7 @@
-"""Batches over the API (POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel): HTTP-free
-and client-free use cases over the BatchStore, BatchInputs and BatchLauncher ports. The nightly workflow
-uses them too: `input_uri` + `input_generation` names one version of a bucket object, whose batch id is
+"""Batches over the API (POST /v1/batches, GET /v1/batches[/{id}], POST /v1/batches/{id}/cancel): HTTP-free
+and client-free use cases over the BatchStore, BatchInputs and BatchLauncher ports. A batch's input is OpenAI's
+`input_file_id` (a file of POST /v1/files) with its `endpoint`, or one of llmq's extensions: `input_uri` (an
+object of the batch bucket) or inline `input_jsonl`. The nightly workflow uses them too: `input_uri` + `input_generation` names one version of a bucket object, whose batch id is
 derived from it (`batches.nightly_batch_id`), so asking again returns that batch, or resumes it if it failed."""
 
 from __future__ import annotations
@@ -8,14 +9,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs import batches
 from jobs.batches import BatchInputs, BatchLauncher, BatchRecord, BatchStore
-from jobs.constants import NIGHTLY_PREFIX, ONDEMAND_PREFIX
+from jobs.constants import FILES_PREFIX, NIGHTLY_PREFIX, ONDEMAND_PREFIX
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
+from jobs.files import UPLOAD_PURPOSES, FileService
 from jobs.models import MAX_METADATA_PAIRS, MetadataKey, MetadataValue
 from jobs.object_names import object_name_problem
 from jobs.service import utcnow
@@ -24,25 +26,40 @@ log = logging.getLogger(__name__)
 
 # Inputs must not come from where the platform writes. The nightly run's inbox only with a generation:
 # that names the same batch the nightly run uses, so nothing runs twice.
-_RESERVED_PREFIXES = ("outbox/", "processed/", "failed/")
+# Uploaded files (files/) only by their id: that checks they are the caller's.
+_RESERVED_PREFIXES = ("outbox/", "processed/", "failed/", FILES_PREFIX)
+DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT = 20, 100  # OpenAI's for GET /v1/batches
 
 
 class CreateBatchRequest(BaseModel):
-    """The body of POST /v1/batches: the input as a gs:// object of the batch bucket, or inline."""
+    """The body of POST /v1/batches: OpenAI's `input_file_id` + `endpoint`, or the input as a gs:// object of
+    the batch bucket, or inline."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    input_file_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # The one endpoint of every line (OpenAI's rule; a line with another url is an error line). Required with
+    # input_file_id, as OpenAI requires it; without it, the extensions' lines may use either.
+    endpoint: Literal["/v1/chat/completions", "/v1/completions"] | None = None
     input_uri: str | None = Field(default=None, min_length=6, max_length=2048)
     input_jsonl: str | None = Field(default=None, min_length=1)
     # With input_uri: that version of the object (its GCS generation); the batch id is derived from it.
     input_generation: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
-    completion_window: Literal["24h"] = "24h"  # OpenAI's field; accepted for compatibility
+    # OpenAI's "24h"; llmq also takes a duration such as "90m" or "2h" (up to "7d"): by then the batch is
+    # finished or ends `expired`, keeping its finished lines.
+    completion_window: str = Field(default=batches.DEFAULT_COMPLETION_WINDOW, max_length=16)
     metadata: dict[MetadataKey, MetadataValue] | None = None
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        batches.window_length(value)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> CreateBatchRequest:
-        if (self.input_uri is None) == (self.input_jsonl is None):
-            raise ValueError("exactly one of 'input_uri' and 'input_jsonl' is required")
+        if sum(x is not None for x in (self.input_file_id, self.input_uri, self.input_jsonl)) != 1:
+            raise ValueError("exactly one of 'input_file_id', 'input_uri' and 'input_jsonl' is required")
         if self.input_generation is not None and self.input_uri is None:
             raise ValueError("'input_generation' needs 'input_uri'")
         if self.metadata is not None and len(self.metadata) > MAX_METADATA_PAIRS:
@@ -51,10 +68,11 @@ class CreateBatchRequest(BaseModel):
 
 
 class BatchService:
-    def __init__(self, *, store: BatchStore, inputs: BatchInputs, launcher: BatchLauncher, bucket: str,
-                 ttl_seconds: int = batches.DEFAULT_BATCH_TTL_SECONDS, nightly_tenants: Collection[str] = (),
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, *, store: BatchStore, inputs: BatchInputs, launcher: BatchLauncher, files: FileService,
+                 bucket: str, ttl_seconds: int = batches.DEFAULT_BATCH_TTL_SECONDS,
+                 nightly_tenants: Collection[str] = (), clock: Callable[[], datetime] = utcnow) -> None:
         self._store = store
+        self._files = files
         # Who may name inbox/ objects: the nightly run's own tenant. Anyone else could otherwise create an
         # inbox file's batch first, own it, and the nightly run would be refused it every night.
         self._nightly_tenants = frozenset(nightly_tenants)
@@ -74,8 +92,13 @@ class BatchService:
             assert request.input_uri is not None
             return self._create_for_version(request.input_uri, request.input_generation, request, tenant=tenant)
         batch_id = batches.new_batch_id()
-        inline = request.input_uri is None
-        if request.input_uri is not None:
+        inline = request.input_jsonl is not None
+        if request.input_file_id is not None:
+            if request.endpoint is None:  # OpenAI requires it with a file
+                raise InvalidRequest("'endpoint' is required with 'input_file_id'", details=[
+                    {"field": "endpoint", "code": "required", "message": "/v1/chat/completions or /v1/completions"}])
+            input_uri = self._input_file(request.input_file_id, tenant=tenant)
+        elif request.input_uri is not None:
             input_uri = self._check_input_uri(request.input_uri, generation=None, tenant=tenant)
         else:
             input_uri = f"gs://{self._bucket}/{ONDEMAND_PREFIX}{batch_id}.jsonl"
@@ -117,7 +140,22 @@ class BatchService:
                     source: str) -> BatchRecord:
         return BatchRecord.new(batch_id=batch_id, input_uri=input_uri, output_prefix=self._output_prefix(batch_id),
                                now=self._clock(), tenant=tenant, source=source,
-                               metadata=dict(request.metadata or {}), ttl_seconds=self._ttl)
+                               metadata=dict(request.metadata or {}), endpoint=request.endpoint,
+                               input_file_id=request.input_file_id, completion_window=request.completion_window,
+                               ttl_seconds=self._ttl)
+
+    def _input_file(self, file_id: str, *, tenant: str) -> str:
+        """The bytes' URI of the caller's uploaded file. Raises InvalidRequest naming input_file_id."""
+        try:
+            record = self._files.get(file_id, tenant=tenant)
+        except NotFound:
+            raise InvalidRequest(f"no file {file_id[:80]!r}", code="file_not_found", details=[
+                {"field": "input_file_id", "code": "not_found", "message": "no such file"}]) from None
+        if record.purpose not in UPLOAD_PURPOSES:
+            raise InvalidRequest(f"file {file_id} has purpose {record.purpose!r}; a batch's input has purpose "
+                                 "\"batch\"", details=[{"field": "input_file_id", "code": "invalid_purpose",
+                                                          "message": "purpose must be batch"}])
+        return record.uri
 
     def _output_prefix(self, batch_id: str) -> str:
         return f"gs://{self._bucket}/outbox/{batch_id}/"
@@ -145,6 +183,23 @@ class BatchService:
         if record is None or record.tenant != tenant:
             raise NotFound(f"batch {batch_id} not found")
         return record
+
+    def list(self, *, tenant: str, limit: int | None, after: str | None) -> dict[str, Any]:
+        """OpenAI's list of batches, newest first; `after` is the last id of the previous page."""
+        limit = DEFAULT_LIST_LIMIT if limit is None else limit
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InvalidRequest(f"limit must be 1 to {MAX_LIST_LIMIT}", details=[
+                {"field": "limit", "code": "out_of_range", "message": f"1 to {MAX_LIST_LIMIT}"}])
+        cursor = None
+        if after is not None:
+            cursor = self._store.get(after) if batches.is_batch_id(after) else None
+            if cursor is None or cursor.tenant != tenant:
+                raise InvalidRequest(f"no batch {after[:80]!r} to list after", details=[
+                    {"field": "after", "code": "not_found", "message": "no such batch"}])
+        records, has_more = self._store.list(tenant, limit=limit, after=cursor)
+        data = [record.view() for record in records]
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": has_more}
 
     def cancel(self, batch_id: str, *, tenant: str) -> BatchRecord:
         """Ask the batch to stop: it goes `cancelling`, and the runner ends it `cancelled` once the requests

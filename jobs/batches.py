@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -53,6 +53,8 @@ class ErrorCode(str, Enum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     ENGINE_ERROR = "engine_error"  # transient engine failure, still failing after retries
     BATCH_CANCELLED = "batch_cancelled"  # not started before the batch was cancelled
+    BATCH_EXPIRED = "batch_expired"  # not started before the batch's expires_at
+    URL_ENDPOINT_MISMATCH = "url_endpoint_mismatch"  # the line's url is not the batch's endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +215,49 @@ def dumps_line(value: dict[str, Any]) -> str:
 # --- the batches/{id} document -----------------------------------------------------------------
 
 
+def unix(value: datetime | None) -> int | None:
+    return int(value.timestamp()) if value is not None else None
+
+
+DEFAULT_COMPLETION_WINDOW = "24h"  # OpenAI's only window
+MAX_COMPLETION_WINDOW = timedelta(days=7)
+_WINDOW = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def window_length(window: str) -> timedelta:
+    """The length of a completion window: OpenAI's "24h", or llmq's own `<n>s|m|h|d` up to 7 days. Raises
+    ValueError for anything else."""
+    match = _WINDOW.match(window)
+    length = timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]]) if match else None
+    if length is None or length > MAX_COMPLETION_WINDOW:
+        raise ValueError("completion_window is \"24h\" (or a duration such as \"90m\", \"2h\", up to \"7d\")")
+    return length
+
+
+
 class RequestCounts(BaseModel):
     total: int = 0
     completed: int = 0  # lines in output.jsonl
     failed: int = 0  # lines in errors.jsonl
+
+
+class TaskCounts(RequestCounts):
+    """One runner task's counts, and the tokens of its completed lines."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def openai(self) -> dict[str, Any]:
+        """OpenAI's batch `usage` (no cached or reasoning tokens here)."""
+        return {"input_tokens": self.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
 class BatchErrorInfo(BaseModel):
@@ -236,13 +277,21 @@ class BatchRecord(BaseModel):
     output_uri: str | None = None
     error_uri: str | None = None
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
-    task_counts: dict[str, RequestCounts] = Field(default_factory=dict)
+    task_counts: dict[str, TaskCounts] = Field(default_factory=dict)
+    usage: TokenUsage = Field(default_factory=TokenUsage)  # the sum of the tasks' tokens
     tenant: str = "public"
     source: str = "cli"  # cli | api | nightly
     model: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     error: BatchErrorInfo | None = None
     execution: str | None = None  # the launcher's handle (Cloud Run execution, local pid)
+    # OpenAI's batch fields: the endpoint every line must use (None: either), the uploaded input file, and
+    # the output and error files (jobs/files.py) once they are written.
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    completion_window: str = DEFAULT_COMPLETION_WINDOW
+    output_file_id: str | None = None
+    error_file_id: str | None = None
     created_at: datetime
     in_progress_at: datetime | None = None
     finalizing_at: datetime | None = None
@@ -250,17 +299,23 @@ class BatchRecord(BaseModel):
     failed_at: datetime | None = None
     cancelling_at: datetime | None = None
     cancelled_at: datetime | None = None
+    expired_at: datetime | None = None
+    expires_at: datetime | None = None  # the end of the completion window (None: a batch without one)
     updated_at: datetime | None = None
-    expire_at: datetime | None = None
+    expire_at: datetime | None = None  # the TTL: when Firestore deletes the document
 
     @classmethod
     def new(cls, *, batch_id: str, input_uri: str, output_prefix: str | None, now: datetime, tenant: str = "public",
-            source: str = "cli", metadata: dict[str, str] | None = None,
+            source: str = "cli", metadata: dict[str, str] | None = None, endpoint: str | None = None,
+            input_file_id: str | None = None, completion_window: str | None = None,
             ttl_seconds: int = DEFAULT_BATCH_TTL_SECONDS) -> BatchRecord:
         output_uri, error_uri = output_uris(output_prefix) if output_prefix else (None, None)
+        window = completion_window or DEFAULT_COMPLETION_WINDOW
         return cls(id=batch_id, status=BatchStatus.VALIDATING, input_uri=input_uri, output_uri=output_uri,
-                   error_uri=error_uri, tenant=tenant, source=source, metadata=metadata or {}, created_at=now,
-                   updated_at=now, expire_at=now + timedelta(seconds=ttl_seconds))
+                   error_uri=error_uri, tenant=tenant, source=source, metadata=metadata or {}, endpoint=endpoint,
+                   input_file_id=input_file_id, completion_window=window, created_at=now, updated_at=now,
+                   expires_at=now + window_length(window),
+                   expire_at=now + max(timedelta(seconds=ttl_seconds), window_length(window)))
 
     def to_document(self) -> dict[str, Any]:
         doc = self.model_dump(mode="python")
@@ -268,9 +323,24 @@ class BatchRecord(BaseModel):
         return doc
 
     def view(self) -> dict[str, Any]:
-        """What clients see over HTTP: the document without internal fields, times in RFC 3339."""
-        body = self.model_dump(mode="json", exclude={"tenant", "task_counts", "execution", "updated_at"})
-        return {"object": "batch", **body}
+        """What clients see over HTTP: OpenAI's batch object (times in unix seconds), and llmq's own fields
+        beside it (input_uri, output_uri, error_uri, error, source)."""
+        stamps = {name: unix(getattr(self, name)) for name in _OPENAI_TIMES}
+        errors = None if self.error is None else {"object": "list", "data": [
+            {"code": self.error.code, "message": self.error.message, "param": None, "line": None}]}
+        return {"id": self.id, "object": "batch", "endpoint": self.endpoint, "input_file_id": self.input_file_id,
+                "completion_window": self.completion_window, "status": self.status.value,
+                "output_file_id": self.output_file_id, "error_file_id": self.error_file_id, "errors": errors,
+                **stamps, "request_counts": self.request_counts.model_dump(), "metadata": self.metadata,
+                "model": self.model, "usage": self.usage.openai(),
+                "input_uri": self.input_uri, "output_uri": self.output_uri, "error_uri": self.error_uri,
+                "error": None if self.error is None else self.error.model_dump(), "source": self.source}
+
+
+_OPENAI_TIMES = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
+                 "expired_at", "cancelling_at", "cancelled_at")
+
+
 
 
 def output_uris(prefix: str) -> tuple[str, str]:
@@ -301,15 +371,19 @@ def _walk(record: BatchRecord, path: tuple[BatchStatus, ...], *, now: datetime, 
 
 _TO_COMPLETED = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.COMPLETED)
 _TO_CANCELLED = (BatchStatus.CANCELLING, BatchStatus.CANCELLED)
+_TO_EXPIRED = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.EXPIRED)
 
 
-def with_task_counts(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int,
+def with_task_counts(record: BatchRecord, *, task_index: int, counts: TaskCounts, total: int,
                      now: datetime) -> BatchRecord:
-    """Record one task's counts and re-aggregate request_counts (total is the whole file's)."""
+    """Record one task's counts and re-aggregate request_counts and usage (total is the whole file's)."""
     tasks = {**record.task_counts, str(task_index): counts}
     aggregate = RequestCounts(total=total, completed=sum(c.completed for c in tasks.values()),
                               failed=sum(c.failed for c in tasks.values()))
-    return record.model_copy(update={"task_counts": tasks, "request_counts": aggregate, "updated_at": now})
+    usage = TokenUsage(prompt_tokens=sum(c.prompt_tokens for c in tasks.values()),
+                       completion_tokens=sum(c.completion_tokens for c in tasks.values()))
+    return record.model_copy(update={"task_counts": tasks, "request_counts": aggregate, "usage": usage,
+                                     "updated_at": now})
 
 
 def with_execution(record: BatchRecord, handle: str) -> BatchRecord:
@@ -333,7 +407,7 @@ def resume_failed(record: BatchRecord, *, now: datetime) -> BatchRecord | None:
     return resume(record, now=now) if record.status is BatchStatus.FAILED else None
 
 
-def start_requests(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int, now: datetime,
+def start_requests(record: BatchRecord, *, task_index: int, counts: TaskCounts, total: int, now: datetime,
                    **uris: Any) -> BatchRecord:
     """A runner task starts on its requests: its counts and the URIs recorded, the batch in_progress —
     unless a cancel is under way (kept), or it is there already (a sibling task). A batch that ended
@@ -355,17 +429,19 @@ def begin_finalizing(record: BatchRecord, *, now: datetime) -> BatchRecord | Non
     return with_status(record, BatchStatus.FINALIZING, now=now)
 
 
-def finish_requests(record: BatchRecord, *, task_index: int, counts: RequestCounts, total: int, now: datetime,
-                    final_files: bool, cancelled: bool) -> BatchRecord:
+def finish_requests(record: BatchRecord, *, task_index: int, counts: TaskCounts, total: int, now: datetime,
+                    final_files: bool, cancelled: bool, expired: bool = False,
+                    file_ids: Mapping[str, str | None] | None = None) -> BatchRecord:
     """A runner task is done. Its counts always; and, from the task that wrote the final files, the
-    batch's end: cancelled if a cancel stopped it, else completed (through finalizing). A batch already
-    final keeps its status."""
+    batch's end with its output and error files' ids: cancelled if a cancel stopped it, expired if its
+    window ended first, else completed (each through finalizing). A batch already final keeps its status."""
     record = with_task_counts(record, task_index=task_index, counts=counts, total=total, now=now)
     if not final_files or record.status.is_final:
         return record
+    files = file_ids or {}
     if cancelled or record.status.stops_new_requests:
-        return _walk(record, _TO_CANCELLED, now=now)
-    return _walk(record, _TO_COMPLETED, now=now)
+        return _walk(record, _TO_CANCELLED, now=now, **files)
+    return _walk(record, _TO_EXPIRED if expired else _TO_COMPLETED, now=now, **files)
 
 
 def fail_input(record: BatchRecord, *, code: str, message: str, counts: RequestCounts, now: datetime,
@@ -405,11 +481,16 @@ RUNNER_LOST = "runner_lost"
 def abandon(record: BatchRecord, *, now: datetime, stale_for: timedelta) -> BatchRecord | None:
     """End a batch that nothing is working on: not final, and its document untouched for `stale_for` (a
     running batch writes its progress about once a second). Its runner never started (a lost launch, a
-    local launcher restarted) or died for good. A `cancelling` batch ends `cancelled`; any other ends
-    `failed`, code `runner_lost`, which a rerun (or a runner that starts late) resumes. None: leave it."""
+    local launcher restarted) or died for good. A `cancelling` batch ends `cancelled`; one past its
+    `expires_at` ends `expired`; any other ends `failed`, code `runner_lost`, which a rerun (or a runner that
+    starts late) resumes. None: leave it."""
     if record.status.is_final or (record.updated_at or record.created_at) > now - stale_for:
         return None
     minutes = int(stale_for.total_seconds() // 60)
+    if record.status is not BatchStatus.CANCELLING and record.expires_at is not None and record.expires_at <= now:
+        return with_status(record, BatchStatus.EXPIRED, now=now, error=BatchErrorInfo(
+            code=RUNNER_LOST, message=f"expired; no runner had worked on it for {minutes} min, so lines that "
+                                      "never ran are in neither output file"))
     if record.status is BatchStatus.CANCELLING:
         return with_status(record, BatchStatus.CANCELLED, now=now, error=BatchErrorInfo(
             code=RUNNER_LOST, message=f"cancelled; no runner had worked on it for {minutes} min, so lines "
@@ -440,6 +521,11 @@ class BatchStore(Protocol):
 
     def find_stale(self, *, updated_before: datetime, limit: int) -> list[BatchRecord]:
         """Batches not final whose document was last written before `updated_before`."""
+        ...
+
+    def list(self, tenant: str, *, limit: int, after: BatchRecord | None) -> tuple[list[BatchRecord], bool]:
+        """The tenant's batches, newest first (by created_at, then id), from just past `after`; and whether
+        more follow."""
         ...
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:

@@ -12,6 +12,7 @@ from typing import Literal, get_args
 # (jobs/{id}/request/body), and the field the TTL policies delete documents by.
 JOBS_COLLECTION = "jobs"
 BATCHES_COLLECTION = "batches"
+FILES_COLLECTION = "files"  # OpenAI's Files API (jobs/files.py); the bytes under FILES_PREFIX of the batch bucket
 REQUEST_SUBCOLLECTION = "request"
 TTL_FIELD = "expire_at"
 
@@ -19,6 +20,7 @@ TTL_FIELD = "expire_at"
 # write there only), the nightly run reads NIGHTLY_PREFIX.
 ONDEMAND_PREFIX = "inbox-ondemand/"
 NIGHTLY_PREFIX = "inbox/"
+FILES_PREFIX = "files/"  # uploads of POST /v1/files, written by the API alone
 
 # Pub/Sub: the jobs topic's base name; `priority: "batch"` jobs go to "<jobs topic>-batch", and
 # messages out of delivery attempts to "<jobs topic>-dead-letter".

@@ -70,6 +70,9 @@ class ApiSettings(BaseSettings):
     batch_bucket: str = "llmq-batch"
     # POST /v1/batches bodies (inline JSONL included) may be this large; Cloud Functions take 32 MB.
     max_batch_body_bytes: int = 16 * 1024 * 1024
+    # POST /v1/files: the whole multipart request may be this large (Cloud Run's request limit, 32 MiB);
+    # larger batch inputs go to the batch bucket and are named by `input_uri`.
+    max_upload_bytes: int = 32 * 1024 * 1024
     # How an on-demand batch starts: "cloudrun" runs the batch job (region + batch_job) with per-batch
     # arguments; "local" starts `python -m runner.batch` as a subprocess (the local stack).
     batch_launcher: Literal["cloudrun", "local"] = "cloudrun"

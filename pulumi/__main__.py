@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from llmq_infra.api import Api, ApiArgs
+from llmq_infra.api import FILES_TIMEOUT_SECONDS, Api, ApiArgs
 from llmq_infra.apis import Apis, ApisArgs
 from llmq_infra.batch import NightlyBatch, NightlyBatchArgs, workflow_definition
 from llmq_infra.builder import FunctionBuilder, FunctionBuilderArgs
@@ -68,6 +68,7 @@ api = Api("api", ApiArgs(
     submit_name=s.name("submit"), status_name=s.name("status"),
     submit_account_id=s.account_id("submit"), status_account_id=s.account_id("status"),
     completions_name=s.name("completions"), completions_account_id=s.account_id("completions"),
+    files_name=s.name("files"), files_account_id=s.account_id("files"),
     jobs_topic=topics.jobs.name, batch_jobs_topic=topics.batch_jobs.name,
     models_json=models_json, model_aliases=s.model_aliases, max_instances=s.api_max_instances,
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
@@ -145,9 +146,11 @@ gateway: Gateway | None = None
 if s.api_auth_mode == "api_key" and any(m in PUBLIC_MEMBERS for m in s.api_invokers):
     gateway = Gateway("gateway", GatewayArgs(
         project=project, region=region, api_id=s.name("api"),
-        addresses={"submit": api.submit_url, "status": api.status_url, "completions": api.completions_url},
+        addresses={"submit": api.submit_url, "status": api.status_url, "completions": api.completions_url,
+                   "files": api.files_url},
         # completions: API Gateway's longest deadline, the function's own timeout.
-        deadlines={"submit": 70.0, "status": float(MAX_WAIT_SECONDS + 40), "completions": 3600.0}, labels=labels),
+        deadlines={"submit": 70.0, "status": float(MAX_WAIT_SECONDS + 40), "completions": 3600.0,
+                   "files": float(FILES_TIMEOUT_SECONDS)}, labels=labels),
     opts=after_apis)
 else:
     pulumi.log.info("no API gateway: in iam mode, or with private functions, call each function's URL")
@@ -165,6 +168,7 @@ if gateway is not None:
 pulumi.export("submit_url", api.submit_url)
 pulumi.export("status_url", api.status_url)
 pulumi.export("completions_url", api.completions_url)
+pulumi.export("files_url", api.files_url)
 if runners:
     pulumi.export("runner_url", runners[0].url)
     pulumi.export("runner_urls", {r.model_id: r.url for r in runners})

@@ -6,9 +6,12 @@ run an OpenAI-format batch file through the engine at full batching (CONTRACT §
   flight (`LLMQ_BATCH_INFLIGHT_FACTOR` × the engine's max_concurrency), so it batches them.
 - `output.jsonl` is appended and flushed as requests finish. Run again on the same output, it repairs
   a torn last line, skips the `custom_id`s already there, retries the rest and rewrites `errors.jsonl`.
-- With `--batch-id`, `batches/{id}` in Firestore follows the run (status, request_counts, URIs,
+- With `--batch-id`, `batches/{id}` in Firestore follows the run (status, request_counts, usage, URIs,
   timestamps; at most about one progress write per second), and a listener on it stops new requests
-  when the batch is cancelled: finished lines stay, the rest become `batch_cancelled` errors.
+  when the batch is cancelled: finished lines stay, the rest become `batch_cancelled` errors. So does the
+  end of its completion window (`expires_at`): the batch ends `expired`, the rest `batch_expired` errors.
+  A batch with an `endpoint` (OpenAI's) rejects lines for the other one. The output and error files are
+  registered as files of the Files API (`output_file_id`, `error_file_id`) before the batch is final.
 - In a Cloud Run job with several tasks (CLOUD_RUN_TASK_INDEX/COUNT), task i takes the lines with
   (line - 1) % count == i and writes `parts/` of its own; the task that finds every part done merges
   them into output.jsonl and errors.jsonl (a merge is deterministic, so two doing it is harmless).
@@ -28,9 +31,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from jobs import batches
 from jobs.adapters.batch_files import BatchFiles, Location, OutputLog
@@ -43,6 +46,7 @@ from jobs.batches import (
     ErrorCode,
     LineError,
     RequestCounts,
+    TaskCounts,
     dumps_line,
     error_line,
     output_line,
@@ -59,6 +63,7 @@ from jobs.engine import (
     RequestRejected,
 )
 from jobs.errors import DependencyUnavailable
+from jobs.files import FileStore, output_file
 from jobs.models import Usage
 from jobs.service import utcnow
 from runner.batch_settings import BatchSettings
@@ -77,15 +82,18 @@ class BatchPlan:
     valid_total: int  # valid lines in the whole file
 
 
-def plan_batch(path: Path, *, model: str, aliases: dict[str, str] | None = None, task_index: int = 0,
-               task_count: int = 1) -> BatchPlan:
+def plan_batch(path: Path, *, model: str, aliases: dict[str, str] | None = None, endpoint: str | None = None,
+               task_index: int = 0, task_count: int = 1) -> BatchPlan:
     """Parse the whole file (duplicates are a whole-file notion) and keep this task's share. A line may name
-    the model by its id or by one of its `aliases`."""
+    the model by its id or by one of its `aliases`; with an `endpoint`, its url must be that one."""
     plan = BatchPlan([], [], 0, 0)
     names = {None, model} | {alias for alias, target in (aliases or {}).items() if target == model}
     with open(path, "rb") as f:
         for parsed in parse_lines(f):
             plan.total += 1
+            if isinstance(parsed, BatchLine) and endpoint is not None and parsed.url != endpoint:
+                parsed = LineError(parsed.line, parsed.custom_id, ErrorCode.URL_ENDPOINT_MISMATCH,
+                                   f"url {parsed.url} is not this batch's endpoint, {endpoint}")
             if isinstance(parsed, BatchLine) and parsed.request.model not in names:
                 parsed = LineError(parsed.line, parsed.custom_id, ErrorCode.MODEL_NOT_FOUND,
                                    f"model {parsed.request.model!r} is not served by this batch runner; use {model!r}")
@@ -113,13 +121,14 @@ class BatchOutcome:
 class _Progress:
     completed: int = 0
     failed: list[LineError] = field(default_factory=list)
+    prompt_tokens: int = 0
     completion_tokens: int = 0
 
 
 class BatchRunner:
     def __init__(self, *, settings: BatchSettings, engine: Callable[[], Awaitable[Engine]], files: BatchFiles,
-                 store: BatchStore | None,
-                 input_uri: str, output_prefix: str, batch_id: str | None, progress_bar: bool = False,
+                 store: BatchStore | None, input_uri: str, output_prefix: str, batch_id: str | None,
+                 file_store: FileStore | None = None, progress_bar: bool = False,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self._settings = settings
         # The engine is loaded only once the input is known to hold work: an unusable file, or a rerun
@@ -128,13 +137,16 @@ class BatchRunner:
         self._engine: Engine | None = None
         self._files = files
         self._store = store if batch_id else None
+        self._file_store = file_store if batch_id else None
+        self._record: BatchRecord | None = None  # as it was when the run began
         self._input = Location.parse(input_uri)
         self._output = Location.parse(output_prefix)
         self._batch_id = batch_id
         self._key = batch_id or self._input.uri  # makes output line ids deterministic per batch
         self._progress_bar = progress_bar
         self._clock = clock
-        self._cancel = asyncio.Event()
+        self._cancel = asyncio.Event()  # no new requests start: a cancel, or the window's end
+        self._expired = False
         self._state = _Progress()
         self._bar: Any = None
         i, n = settings.task_index, settings.task_count
@@ -150,11 +162,14 @@ class BatchRunner:
     # ------------------------------------------------------------------ the run
 
     async def run(self) -> BatchOutcome:
-        record = await self._begin()
-        if record is not None and record.status is BatchStatus.CANCELLED:
-            log.info("batch %s is cancelled; nothing to do", self._batch_id)
-            return BatchOutcome(BatchStatus.CANCELLED, record.request_counts, recorded=True)
+        record = self._record = await self._begin()
+        if record is not None and record.status in (BatchStatus.CANCELLED, BatchStatus.EXPIRED):
+            log.info("batch %s is %s; nothing to do", self._batch_id, record.status.value)
+            return BatchOutcome(record.status, record.request_counts, recorded=True)
         if record is not None and record.status is BatchStatus.CANCELLING:
+            self._cancel.set()
+        elif record is not None and record.expires_at is not None and record.expires_at <= self._clock():
+            self._expired = True  # started after its window (a launch that waited): nothing starts
             self._cancel.set()
         try:
             path = await asyncio.to_thread(self._files.local_copy, self._input)
@@ -162,6 +177,7 @@ class BatchRunner:
             return await self._fail_input("input_not_found", f"the input file {self._input.uri} does not exist")
         plan = await asyncio.to_thread(plan_batch, path, model=self._settings.model_name,
                                        aliases=self._settings.model_aliases,
+                                       endpoint=record.endpoint if record is not None else None,
                                        task_index=self._settings.task_index, task_count=self._settings.task_count)
         if plan.valid_total == 0:
             await asyncio.to_thread(self._write_errors, plan.errors)
@@ -175,9 +191,13 @@ class BatchRunner:
         output = await asyncio.to_thread(self._files.open_log, self._my_output,
                                          checkpoint_seconds=self._settings.batch_checkpoint_seconds)
         try:
-            done = _done_ids(output)
+            done = _done_lines(output)
             todo = [item for item in plan.lines if item.custom_id not in done]
             self._state.completed = len(plan.lines) - len(todo)
+            for item in plan.lines:  # the tokens of what an earlier run did count in this batch's usage
+                if (tokens := done.get(item.custom_id)) is not None:
+                    self._state.prompt_tokens += tokens[0]
+                    self._state.completion_tokens += tokens[1]
             self._state.failed = list(plan.errors)
             log.info("batch %s task %d/%d: %d lines, %d rejected, %d already done, %d to run%s",
                      self._key, self._settings.task_index, self._settings.task_count, plan.total, len(plan.errors),
@@ -189,9 +209,11 @@ class BatchRunner:
             started = time.monotonic()
             unstarted = await self._run_all(todo, output, plan.total) if self._engine is not None else todo
             seconds = time.monotonic() - started
-            cancelled = self._cancel.is_set()
-            self._state.failed.extend(LineError(item.line, item.custom_id, ErrorCode.BATCH_CANCELLED,
-                                                "the batch was cancelled before this request started")
+            expired = self._expired and not await asyncio.to_thread(self._cancelled_by_caller)
+            cancelled = self._cancel.is_set() and not expired
+            code, why = ((ErrorCode.BATCH_EXPIRED, "the batch expired") if expired else
+                         (ErrorCode.BATCH_CANCELLED, "the batch was cancelled"))
+            self._state.failed.extend(LineError(item.line, item.custom_id, code, f"{why} before this request started")
                                       for item in unstarted)
             if self._settings.task_count == 1 and self._store is not None and self._batch_id is not None:
                 now = self._clock()  # with parts, the task that merges them finalizes
@@ -201,7 +223,7 @@ class BatchRunner:
         finally:
             output.close()
         await asyncio.to_thread(self._write_errors, self._state.failed)
-        status = await self._finish(plan.total, cancelled)
+        status = await self._finish(plan.total, cancelled, expired)
         counts = RequestCounts(total=plan.total, completed=self._state.completed, failed=len(self._state.failed))
         log.info("batch %s task %d ended %s: %d completed, %d failed of %d in %.1f s", self._key,
                  self._settings.task_index, status.value, counts.completed, counts.failed, plan.total, seconds)
@@ -214,6 +236,7 @@ class BatchRunner:
         slots = asyncio.Semaphore(limit)
         unwatch = await self._watch_cancel()
         ticker = asyncio.create_task(self._tick(output, total))
+        window = asyncio.create_task(self._expire_at_window_end())
         self._open_bar(total=len(todo) + self._state.completed, initial=self._state.completed)
         next_index = 0
         try:
@@ -231,7 +254,8 @@ class BatchRunner:
             raise group.exceptions[0] from None
         finally:
             ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            window.cancel()
+            await asyncio.gather(ticker, window, return_exceptions=True)
             if unwatch is not None:
                 await asyncio.to_thread(unwatch)
             if self._bar is not None:
@@ -266,6 +290,7 @@ class BatchRunner:
                                text=last.text, finish_reason=last.finish_reason.value, usage=usage)
             output.append(dumps_line(line))
             self._state.completed += 1
+            self._state.prompt_tokens += last.prompt_tokens
             self._state.completion_tokens += last.completion_tokens
             if self._bar is not None:
                 self._bar.update(1)
@@ -292,10 +317,11 @@ class BatchRunner:
                 except DependencyUnavailable as err:
                     log.warning("output checkpoint failed; will retry: %s", err)
 
-    def _counts(self, total: int) -> RequestCounts:
-        return RequestCounts(total=total, completed=self._state.completed, failed=len(self._state.failed))
+    def _counts(self, total: int) -> TaskCounts:
+        return TaskCounts(total=total, completed=self._state.completed, failed=len(self._state.failed),
+                          prompt_tokens=self._state.prompt_tokens, completion_tokens=self._state.completion_tokens)
 
-    def _write_counts(self, counts: RequestCounts, total: int) -> None:
+    def _write_counts(self, counts: TaskCounts, total: int) -> None:
         assert self._store is not None and self._batch_id is not None
         now = self._clock()
         self._store.update(self._batch_id, lambda r: batches.with_task_counts(
@@ -312,6 +338,23 @@ class BatchRunner:
                 loop.call_soon_threadsafe(self._cancel.set)
 
         return await asyncio.to_thread(self._store.watch, self._batch_id, on_change)
+
+    async def _expire_at_window_end(self) -> None:
+        """At the batch's expires_at, stop starting requests (those running finish): the batch ends expired."""
+        expires_at = self._record.expires_at if self._record is not None else None
+        if expires_at is None:
+            return
+        await asyncio.sleep(max(0.0, (expires_at - self._clock()).total_seconds()))
+        log.info("batch %s reached the end of its completion window: no new requests start", self._batch_id)
+        self._expired = True
+        self._cancel.set()
+
+    def _cancelled_by_caller(self) -> bool:
+        """Whether a cancel (not the window's end) stopped the batch: a cancel wins over an expiry."""
+        if self._store is None or self._batch_id is None:
+            return False
+        record = self._store.get(self._batch_id)
+        return record is not None and record.status.stops_new_requests
 
     def _open_bar(self, *, total: int, initial: int) -> None:
         if self._progress_bar:
@@ -379,19 +422,43 @@ class BatchRunner:
         return {"input_uri": self._input.uri, "output_uri": self._output_file.uri,
                 "error_uri": self._error_file.uri, "model": self._settings.model_name}
 
-    async def _finish(self, total: int, cancelled: bool) -> BatchStatus:
+    async def _finish(self, total: int, cancelled: bool, expired: bool) -> BatchStatus:
         final_files = await self._finish_part()
-        outcome = BatchStatus.CANCELLED if cancelled else BatchStatus.COMPLETED
+        outcome = (BatchStatus.CANCELLED if cancelled else BatchStatus.EXPIRED if expired
+                   else BatchStatus.COMPLETED)
         if self._store is None or self._batch_id is None:
             return outcome
+        file_ids = await asyncio.to_thread(self._register_files) if final_files else {}
         now, counts = self._clock(), self._counts(total)
 
         def mutate(record: BatchRecord) -> BatchRecord:
             return batches.finish_requests(record, task_index=self._settings.task_index, counts=counts, total=total,
-                                           now=now, final_files=final_files, cancelled=cancelled)
+                                           now=now, final_files=final_files, cancelled=cancelled, expired=expired,
+                                           file_ids=file_ids)
 
         record, _ = await asyncio.to_thread(self._store.update, self._batch_id, mutate)
         return record.status if record is not None and final_files else outcome
+
+    def _register_files(self) -> dict[str, str | None]:
+        """Record the final output and error files as files of the batch's tenant (derived ids: a rerun
+        registers the same ones); an empty one is none, as OpenAI answers. Returns the batch's file ids."""
+        if self._file_store is None or self._record is None or self._batch_id is None:
+            return {}
+        ids: dict[str, str | None] = {}
+        kinds: tuple[tuple[Literal["output", "errors"], Location], ...] = (
+            ("output", self._output_file), ("errors", self._error_file))
+        for kind, location in kinds:
+            size = self._files.size(location)
+            file_id = None
+            if size:
+                record = output_file(batch_id=self._batch_id, kind=kind, tenant=self._record.tenant,
+                                           uri=location.uri, size=size, created_at=self._clock(),
+                                           expire_at=self._record.expire_at or self._clock() + timedelta(
+                                               seconds=self._settings.batch_ttl_seconds))
+                self._file_store.put(record)  # a rerun that added lines replaces it
+                file_id = record.id
+            ids["output_file_id" if kind == "output" else "error_file_id"] = file_id
+        return ids
 
     async def _fail_input(self, code: str, message: str, counts: RequestCounts | None = None) -> BatchOutcome:
         log.error("batch %s failed: %s", self._key, message)
@@ -405,15 +472,19 @@ class BatchRunner:
         return BatchOutcome(BatchStatus.FAILED, counts, error=message, recorded=True)
 
 
-def _done_ids(output: OutputLog) -> set[str]:
-    done: set[str] = set()
+def _done_lines(output: OutputLog) -> dict[str, tuple[int, int]]:
+    """The custom_ids already in the output, each with its (prompt, completion) tokens."""
+    done: dict[str, tuple[int, int]] = {}
     for raw in output.lines():
         try:
-            custom_id = json.loads(raw).get("custom_id")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            line = json.loads(raw)
+            custom_id = line.get("custom_id")
+            usage = (line.get("response") or {}).get("body", {}).get("usage") or {}
+            tokens = (int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
             continue  # not ours to judge: a rerun never rewrites what is there
         if isinstance(custom_id, str):
-            done.add(custom_id)
+            done[custom_id] = tokens
     return done
 
 
@@ -429,11 +500,13 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
     uses_gcs = input_uri.startswith("gs://") or output_prefix.startswith("gs://")
     files = BatchFiles(storage_client(settings.project) if uses_gcs else None,
                        work_dir=Path(settings.batch_work_dir) if settings.batch_work_dir else None)
-    store = None
+    store, file_store = None, None
     if batch_id is not None:
         from jobs.adapters.batch_store import FirestoreBatchStore
+        from jobs.adapters.file_store import FirestoreFileStore
 
         store = FirestoreBatchStore(firestore_client(settings.project, settings.database))
+        file_store = FirestoreFileStore(firestore_client(settings.project, settings.database))
     started: list[Engine] = []
 
     async def get_engine() -> Engine:
@@ -446,8 +519,9 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
         return started[0]
 
     try:
-        runner = BatchRunner(settings=settings, engine=get_engine, files=files, store=store, input_uri=input_uri,
-                             output_prefix=output_prefix, batch_id=batch_id, progress_bar=progress_bar)
+        runner = BatchRunner(settings=settings, engine=get_engine, files=files, store=store, file_store=file_store,
+                             input_uri=input_uri, output_prefix=output_prefix, batch_id=batch_id,
+                             progress_bar=progress_bar)
         return await runner.run()
     finally:
         for own in started:

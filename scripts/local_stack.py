@@ -31,7 +31,7 @@ from jobs import constants
 from scripts.processes import STACK_MARKER, ManagedProcess, PortInUse, free_port, listening_socket, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
-FUNCTIONS = ("submit", "status", "completions", "deadletter", "reconcile")
+FUNCTIONS = ("submit", "status", "completions", "files", "deadletter", "reconcile")
 EMULATORS = ("pubsub", "firestore", "storage")
 EMULATOR_START_ATTEMPTS = 3  # each on another port, if the last one was taken before the emulator bound it
 LOCAL_MAX_MODEL_LEN = 8192  # the local models' context (scripts/build_tiny_model.py)
@@ -301,6 +301,7 @@ class LocalStack:
             "submit_url": f"http://127.0.0.1:{self.ports['submit']}",
             "status_url": f"http://127.0.0.1:{self.ports['status']}",
             "completions_url": f"http://127.0.0.1:{self.ports['completions']}",
+            "files_url": f"http://127.0.0.1:{self.ports['files']}",
             "deadletter_url": f"http://127.0.0.1:{self.ports['deadletter']}",
             "reconcile_url": f"http://127.0.0.1:{self.ports['reconcile']}",
             "runner_url": f"http://127.0.0.1:{self.ports['runner']}",

@@ -47,12 +47,16 @@ DESCRIPTIONS: dict[tuple[str, str | None], str] = {
     ("JobRequest", "ttl_seconds"): "how long the job and its result are kept",
     ("JobRequest", "deadline_seconds"): "a job not started within this many seconds ends `cancelled` with error "
                                         "`deadline_exceeded`",
-    ("BatchRequest", None): "Exactly one of `input_uri` and `input_jsonl`. Any other field is 400 "
-                            "`unsupported_parameter`.",
+    ("BatchRequest", None): "Exactly one of `input_file_id` (OpenAI's, with `endpoint`), `input_uri` and "
+                            "`input_jsonl`. Any other field is 400 `unsupported_parameter`.",
+    ("BatchRequest", "input_file_id"): "a file of POST /v1/files with purpose `batch`",
+    ("BatchRequest", "endpoint"): "the url of every line (a line with another is an error line); required with "
+                                  "input_file_id",
     ("BatchRequest", "input_uri"): "gs://<batch bucket>/<object>, outside inbox/, outbox/, processed/ and failed/; "
                                    "must exist",
     ("BatchRequest", "input_jsonl"): "the JSONL file itself",
-    ("BatchRequest", "completion_window"): "OpenAI's field; accepted as is",
+    ("BatchRequest", "completion_window"): "OpenAI's \"24h\", or a duration `<n>s|m|h|d` up to 7 days: by "
+                                           "`expires_at` the batch is finished or ends `expired`",
     ("Job", None): "The job view: every field is always present.",
     ("Job", "output"): "generated text (a bounded prefix; the full text is in result_uri)",
     ("Job", "result_uri"): "gs://<results bucket>/results/<job id>.json",

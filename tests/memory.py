@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from jobs.adapters.wiring import ApiPorts
 from jobs.auth import ApiKey
 from jobs.batches import BatchRecord
 from jobs.engine import (
@@ -23,6 +24,8 @@ from jobs.engine import (
     GenerationUpdate,
     PromptTooLong,
 )
+from jobs.errors import NotFound, PayloadTooLarge
+from jobs.files import FilePage, FileRecord
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation, watch_states
 from jobs.state import JobStatus
@@ -235,6 +238,13 @@ class InMemoryBatchStore:
         return [r for r in self.records.values()
                 if not r.status.is_final and r.updated_at is not None and r.updated_at < updated_before][:limit]
 
+    def list(self, tenant: str, *, limit: int, after: BatchRecord | None) -> tuple[list[BatchRecord], bool]:
+        mine = sorted((r for r in self.records.values() if r.tenant == tenant), key=lambda r: (r.created_at, r.id),
+                      reverse=True)
+        if after is not None:
+            mine = [r for r in mine if (r.created_at, r.id) < (after.created_at, after.id)]
+        return mine[:limit], len(mine) > limit
+
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
         return lambda: None  # the fast tests do not watch batches
 
@@ -268,3 +278,87 @@ class InMemoryLauncher:
             raise self.failing
         self.launched.append({"batch_id": batch_id, "input_uri": input_uri, "output_prefix": output_prefix})
         return f"executions/{len(self.launched)}"
+
+
+class InMemoryFileStore:
+    def __init__(self) -> None:
+        self.records: dict[str, FileRecord] = {}
+
+    def create(self, record: FileRecord) -> bool:
+        if record.id in self.records:
+            return False
+        self.records[record.id] = record
+        return True
+
+    def put(self, record: FileRecord) -> None:
+        self.records[record.id] = record
+
+    def get(self, file_id: str) -> FileRecord | None:
+        return self.records.get(file_id)
+
+    def delete(self, file_id: str) -> None:
+        self.records.pop(file_id, None)
+
+    def list(self, tenant: str, *, purpose: str | None, limit: int, after: FileRecord | None,
+             newest_first: bool) -> FilePage:
+        mine = sorted((r for r in self.records.values() if r.tenant == tenant and purpose in (None, r.purpose)),
+                      key=lambda r: (r.created_at, r.id), reverse=newest_first)
+        if after is not None:
+            key = (after.created_at, after.id)
+            mine = [r for r in mine if ((r.created_at, r.id) < key if newest_first else (r.created_at, r.id) > key)]
+        return FilePage(mine[:limit], has_more=len(mine) > limit)
+
+
+class InMemoryContents:
+    """File bytes as {uri: bytes}; a writer's bytes appear only when it finishes, as an upload's do."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.expiry: dict[str, datetime] = {}
+
+    def writer(self, uri: str, *, max_bytes: int) -> _InMemoryWriter:
+        return _InMemoryWriter(self, uri, max_bytes)
+
+    def chunks(self, uri: str) -> Iterator[bytes]:
+        if uri not in self.objects:
+            raise NotFound("the file's content is gone", code="file_not_found")
+        data = self.objects[uri]
+        yield from (data[i:i + 4096] for i in range(0, len(data), 4096))
+
+    def size(self, uri: str) -> int | None:
+        return len(self.objects[uri]) if uri in self.objects else None
+
+    def mark_expiry(self, uri: str, expire_at: datetime) -> None:
+        self.expiry[uri] = expire_at
+
+    def delete(self, uri: str) -> None:
+        self.objects.pop(uri, None)
+
+
+class _InMemoryWriter:
+    def __init__(self, contents: InMemoryContents, uri: str, max_bytes: int) -> None:
+        self._contents, self._uri, self._max = contents, uri, max_bytes
+        self._parts: list[bytes] = []
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        if self.written + len(data) > self._max:
+            raise PayloadTooLarge(f"a file may be at most {self._max} bytes")
+        self._parts.append(data)
+        self.written += len(data)
+        return len(data)
+
+    def finish(self) -> None:
+        self._contents.objects[self._uri] = b"".join(self._parts)
+
+    def abort(self) -> None:
+        self._parts = []
+
+
+def api_ports(**given: Any) -> ApiPorts:
+    """The API functions' ports, all in memory: those in `given`, fresh ones for the rest."""
+    fresh: dict[str, Any] = {"jobs": InMemoryJobStore(), "batches": InMemoryBatchStore(),
+                             "publisher": InMemoryPublisher(), "api_keys": InMemoryApiKeyStore(),
+                             "batch_inputs": InMemoryBatchInputs(), "batch_launcher": InMemoryLauncher(),
+                             "files": InMemoryFileStore(), "file_contents": InMemoryContents()}
+    return ApiPorts(**{**fresh, **given})

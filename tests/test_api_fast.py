@@ -27,11 +27,9 @@ from jobs.state import JobStatus
 from tests.id_tokens import Signer, serving_certs
 from tests.memory import (
     InMemoryApiKeyStore,
-    InMemoryBatchInputs,
-    InMemoryBatchStore,
     InMemoryJobStore,
-    InMemoryLauncher,
     InMemoryPublisher,
+    api_ports,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +41,7 @@ class Api:
         self.store, self.publisher = InMemoryJobStore(), InMemoryPublisher()
         self.keys = keys = InMemoryApiKeyStore(ApiKey(key_hash=hash_key(self.key), tenant="acme", name="test",
                                           created_at=datetime.now(UTC)))
-        wiring.use_ports(wiring.ApiPorts(jobs=self.store, batches=InMemoryBatchStore(), publisher=self.publisher,
-                                         api_keys=keys, batch_inputs=InMemoryBatchInputs(),
-                                         batch_launcher=InMemoryLauncher()))
+        wiring.use_ports(api_ports(jobs=self.store, publisher=self.publisher, api_keys=keys))
         self.submit = _client("submit")
         self.status = _client("status")
         self.auth = {"Authorization": f"Bearer {self.key}"}

@@ -22,9 +22,8 @@ from tests.memory import (
     InMemoryApiKeyStore,
     InMemoryBatchInputs,
     InMemoryBatchStore,
-    InMemoryJobStore,
     InMemoryLauncher,
-    InMemoryPublisher,
+    api_ports,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +36,8 @@ class Batches:
         self.store, self.inputs, self.launcher = InMemoryBatchStore(), InMemoryBatchInputs(), InMemoryLauncher()
         self.keys = InMemoryApiKeyStore()
         self.auth = {tenant: self._key(tenant) for tenant in ("nightly", "other")}
-        wiring.use_ports(wiring.ApiPorts(jobs=InMemoryJobStore(), batches=self.store, publisher=InMemoryPublisher(),
-                                         api_keys=self.keys, batch_inputs=self.inputs, batch_launcher=self.launcher))
+        wiring.use_ports(api_ports(batches=self.store, api_keys=self.keys, batch_inputs=self.inputs,
+                                   batch_launcher=self.launcher))
         self.submit = functions_framework.create_app(
             target="submit", source=str(REPO / "functions" / "submit" / "main.py")).test_client()
         self.status = functions_framework.create_app(

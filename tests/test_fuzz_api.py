@@ -31,7 +31,6 @@ from scripts.stack_client import Stack
 REPO = Path(__file__).resolve().parents[1]
 # Examples per operation; with every operation of the spec this makes well over 1000 requests.
 EXAMPLES = int(os.environ.get("LLMQ_FUZZ_EXAMPLES", "200"))
-SUBMIT_OPERATIONS = {"createJob", "cancelJob", "createBatch", "cancelBatch"}
 
 pytestmark = [
     pytest.mark.timeout(1500),
@@ -73,8 +72,8 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
 
     for result in schema.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]  # an Err fails the test here, as it should
-        submits = operation.definition.raw.get("operationId") in SUBMIT_OPERATIONS
-        base_url = stack.info["submit_url"] if submits else stack.info["status_url"]
+        # Each operation at its own function's URL (openapi.yaml's routing table).
+        base_url = stack.info[f"{operation.definition.raw['x-llmq-function']}_url"]
         _fuzz(operation, base_url=base_url, auth=auth, responses=responses, created=created)()
 
     total = sum(responses.values())
@@ -105,7 +104,8 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
 _RESERVED_FIELD = st.from_regex(r"\A__[A-Za-z0-9_-]{0,16}__\Z")
 _DOCUMENT_ID = st.one_of(
     # (`.` and `..` are left out: the client resolves them out of the path before it is sent.)
-    st.sampled_from(["__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "a" * 1600, "%", "\\"]),
+    st.sampled_from(["__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "file-" + "0" * 32, "a" * 1600,
+                     "%", "\\"]),
     _RESERVED_FIELD,
     st.text(min_size=1, max_size=200),
 )
@@ -122,7 +122,7 @@ def test_hostile_names_are_refused_with_a_4xx_and_write_nothing(stack: Stack, db
     accepted: set[str] = set()
 
     with stack.http(api_key=key) as client:
-        submit, status = stack.info["submit_url"], stack.info["status_url"]
+        submit, status, files = stack.info["submit_url"], stack.info["status_url"], stack.info["files_url"]
 
         def record(kind: str, response: httpx.Response, allowed: set[int]) -> None:
             answers[(kind, response.status_code)] += 1
@@ -147,8 +147,12 @@ def test_hostile_names_are_refused_with_a_4xx_and_write_nothing(stack: Stack, db
             segment = quote(raw, safe="")
             for method, url in (("GET", f"{status}/v1/jobs/{segment}"), ("POST", f"{submit}/v1/jobs/{segment}/cancel"),
                                 ("GET", f"{status}/v1/batches/{segment}"),
-                                ("POST", f"{submit}/v1/batches/{segment}/cancel")):
+                                ("POST", f"{submit}/v1/batches/{segment}/cancel"),
+                                ("GET", f"{files}/v1/files/{segment}"), ("GET", f"{files}/v1/files/{segment}/content"),
+                                ("DELETE", f"{files}/v1/files/{segment}")):
                 record("document id", client.request(method, url), {404})
+            body = {"input_file_id": raw, "endpoint": "/v1/completions"}
+            record("input file id", client.post(f"{submit}/v1/batches", json=body), {400})
 
         @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(raw=st.one_of(_DOCUMENT_ID, st.text(min_size=1, max_size=300)))

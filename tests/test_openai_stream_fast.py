@@ -22,11 +22,8 @@ from jobs.openai_stream import DONE, StreamHead, job_error, response_object, ste
 from jobs.state import JobStatus
 from tests.memory import (
     InMemoryApiKeyStore,
-    InMemoryBatchInputs,
-    InMemoryBatchStore,
     InMemoryJobStore,
-    InMemoryLauncher,
-    InMemoryPublisher,
+    api_ports,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,9 +108,7 @@ class Api:
         self.key = new_key()
         self.store = InMemoryJobStore()
         keys = InMemoryApiKeyStore(ApiKey(key_hash=hash_key(self.key), tenant="acme", name="t", created_at=NOW))
-        wiring.use_ports(wiring.ApiPorts(jobs=self.store, batches=InMemoryBatchStore(), publisher=InMemoryPublisher(),
-                                         api_keys=keys, batch_inputs=InMemoryBatchInputs(),
-                                         batch_launcher=InMemoryLauncher()))
+        wiring.use_ports(api_ports(jobs=self.store, api_keys=keys))
         app = functions_framework.create_app(target="completions",
                                              source=str(REPO / "functions" / "completions" / "main.py"))
         self.client = app.test_client()

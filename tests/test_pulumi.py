@@ -38,8 +38,8 @@ PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 # pulumi_gcp's generated modules warn at import about their own deprecated aliases.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_gcp.*")
 
-FUNCTIONS = {"submit": "submit", "status": "status", "completions": "completions", "deadletter": "deadletter",
-             "reconcile": "reconcile"}
+FUNCTIONS = {"submit": "submit", "status": "status", "completions": "completions", "files": "files",
+             "deadletter": "deadletter", "reconcile": "reconcile"}
 
 SERVICE = "gcp:cloudrunv2/service:Service"
 JOB = "gcp:cloudrunv2/job:Job"
@@ -380,7 +380,13 @@ def test_indexes_serve_the_reconciler_and_the_runner_queries(deployment: Deploym
                          # the submissions-per-minute quota: tenant == T AND created_at >= T - 1 min
                          ("jobs", ("tenant", "ASCENDING"), ("created_at", "ASCENDING")),
                          # the reconciler's stale batches: status IN [open] AND updated_at < T
-                         ("batches", ("status", "ASCENDING"), ("updated_at", "ASCENDING"))}
+                         ("batches", ("status", "ASCENDING"), ("updated_at", "ASCENDING")),
+                         # OpenAI's lists: GET /v1/batches (newest first), GET /v1/files (either order, a purpose)
+                         ("batches", ("tenant", "ASCENDING"), ("created_at", "DESCENDING")),
+                         ("files", ("tenant", "ASCENDING"), ("created_at", "DESCENDING")),
+                         ("files", ("tenant", "ASCENDING"), ("created_at", "ASCENDING")),
+                         ("files", ("tenant", "ASCENDING"), ("purpose", "ASCENDING"), ("created_at", "DESCENDING")),
+                         ("files", ("tenant", "ASCENDING"), ("purpose", "ASCENDING"), ("created_at", "ASCENDING"))}
     instance = field_of(deployment, "jobs", "runner_instance").inputs["indexConfig"]
     assert instance == {"indexes": [{"order": "ASCENDING", "queryScope": "COLLECTION"}]}
 
@@ -400,8 +406,12 @@ def test_buckets_are_private_uniform_and_expire(deployment: Deployment) -> None:
         assert bucket["location"] == REGION
     for role in ("results", "batch"):
         rules = buckets[f"{PROJECT}-llmq-{role}"]["lifecycleRules"]
-        deletes = [r["condition"]["age"] for r in rules if r["action"]["type"] == "Delete"]
+        deletes = [r["condition"]["age"] for r in rules if r["action"]["type"] == "Delete" and "age" in r["condition"]]
         assert deletes == [30]
+    # Uploaded files with a shorter expiry go once their custom time (the expiry) has passed.
+    batch_rules = buckets[f"{PROJECT}-llmq-batch"]["lifecycleRules"]
+    assert {"action": {"type": "Delete"}, "condition": {"daysSinceCustomTime": 0, "matchesPrefixes": ["files/"]}} \
+        in batch_rules
     models_rules = buckets[f"{PROJECT}-llmq-models"]["lifecycleRules"]
     assert not [r for r in models_rules if r["action"]["type"] == "Delete"]  # weights stay
 
@@ -652,14 +662,14 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     accounts = [a.inputs["accountId"] for a in deployment.of(ACCOUNT)]
     assert len(accounts) == len(set(accounts))
     assert set(accounts) == {f"llmq-{s}" for s in (
-        "submit", "status", "completions", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
-        "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
+        "submit", "status", "completions", "files", "deadletter", "reconcile", "build", "push", "dl-push",
+        "sched-rec", "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
     runtime = {
         runner(deployment).inputs["template"]["serviceAccount"],
         deployment.one(JOB).inputs["template"]["template"]["serviceAccount"],
         *(deployment.function(n).inputs["serviceConfig"]["serviceAccountEmail"] for n in FUNCTIONS),
     }
-    assert len(runtime) == 7  # no two deployables share an identity
+    assert len(runtime) == 8  # no two deployables share an identity
     assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
     assert {role for _, role in deployment.roles_of(deployment.account("llmq-submit"))} == {
         "roles/datastore.user", "roles/pubsub.publisher", "roles/run.jobsExecutorWithOverrides",

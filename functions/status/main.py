@@ -1,4 +1,4 @@
-"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/batches/{id}, GET /v1/models, GET /openapi.json."""
+"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/batches[/{id}], GET /v1/models, GET /openapi.json."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import answer, install_json_errors, json_response
+from jobs.adapters.http import answer, install_json_errors, int_arg, json_response
 from jobs.adapters.wiring import batch_service, job_service
 from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
@@ -37,6 +37,9 @@ def _route(request: flask.Request, path: str) -> flask.Response:
     if match := _JOB.match(path):
         view = job_service().get(match.group(1), tenant=tenant, wait_seconds=_wait(request))
         return json_response(view.to_json())
+    if path == "/v1/batches":
+        return json_response(batch_service().list(tenant=tenant, limit=int_arg(request, "limit"),
+                                                  after=request.args.get("after")))
     if match := _BATCH.match(path):
         return json_response(batch_service().get(match.group(1), tenant=tenant).view())
     raise NotFound(f"no route for {path}")

@@ -126,6 +126,20 @@ class BatchFiles:
         except CLIENT_ERRORS as err:
             raise DependencyUnavailable(f"cannot read {location.uri}") from err
 
+    def size(self, location: Location) -> int | None:
+        """The file's size in bytes; None if there is none."""
+        if not location.is_gcs:
+            path = Path(location.name)
+            return path.stat().st_size if path.is_file() else None
+        try:
+            blob = self._blob(location)
+            blob.reload()
+        except gexc.NotFound:
+            return None
+        except CLIENT_ERRORS as err:
+            raise DependencyUnavailable(f"cannot read {location.uri}") from err
+        return int(blob.size)
+
     def write_bytes(self, location: Location, data: bytes) -> None:
         """Replace the file whole (atomically: readers see the old or the new content)."""
         if not location.is_gcs:

@@ -13,6 +13,7 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, conditional_update
 from jobs.adapters.google_errors import CLIENT_ERRORS
@@ -69,6 +70,20 @@ class FirestoreBatchStore:
             return [_record(s.id, s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
         except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the batch store is unavailable") from err
+
+    def list(self, tenant: str, *, limit: int, after: BatchRecord | None) -> tuple[list[BatchRecord], bool]:
+        # tenant == T ordered by created_at, then id, both descending: an index of pulumi/llmq_infra/store.py.
+        descending = firestore.Query.DESCENDING
+        query = (self._batches.where(filter=FieldFilter("tenant", "==", tenant))
+                 .order_by("created_at", direction=descending).order_by(FieldPath.document_id(), direction=descending))
+        if after is not None:
+            query = query.start_after({"created_at": after.created_at,
+                                       FieldPath.document_id(): self._batches.document(after.id)})
+        try:
+            records = [_record(s.id, s.to_dict()) for s in query.limit(limit + 1).stream(timeout=TIMEOUT, retry=RETRY)]
+        except CLIENT_ERRORS as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+        return records[:limit], len(records) > limit
 
     def watch(self, batch_id: str, on_change: Callable[[BatchRecord], None]) -> Callable[[], None]:
         def on_snapshot(snapshots: list[Any], _changes: Any, _read_time: Any) -> None:

@@ -99,6 +99,17 @@ def read_json_body(request: flask.Request, *, max_bytes: int) -> Any:
     return body
 
 
+def int_arg(request: flask.Request, name: str) -> int | None:
+    """A whole-number query parameter (None when absent). Raises InvalidRequest naming it."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidRequest(f"{name} must be a whole number", details=[
+            {"field": name, "code": "invalid", "message": "a whole number"}])
+    return int(raw)
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

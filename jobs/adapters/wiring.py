@@ -12,15 +12,17 @@ from jobs.adapters.batch_files import BatchFiles, BucketInputs
 from jobs.adapters.batch_launcher import CloudRunBatchLauncher, LocalBatchLauncher
 from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client, storage_client
+from jobs.adapters.file_store import FirestoreFileStore, GcsContents
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.adapters.pubsub_publisher import PubSubPublisher
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
 from jobs.batch_service import BatchService
 from jobs.batches import BatchInputs, BatchLauncher, BatchStore
+from jobs.files import FileContents, FileService, FileStore
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota
-from jobs.service import JobService
+from jobs.service import JobService, utcnow
 from jobs.settings import api_settings
 
 
@@ -32,6 +34,8 @@ class ApiPorts:
     api_keys: ApiKeyStore
     batch_inputs: BatchInputs
     batch_launcher: BatchLauncher
+    files: FileStore
+    file_contents: FileContents
 
 
 _substitute: ApiPorts | None = None
@@ -41,8 +45,8 @@ def use_ports(ports: ApiPorts | None) -> None:
     """Serve the functions over `ports` from now on (None: back to the cloud clients); the services are rebuilt."""
     global _substitute
     _substitute = ports
-    for cached in (job_store, batch_store, publisher, _api_keys, _batch_inputs, _batch_launcher,
-                   job_service, batch_service, authenticator, token_verifier, admission):
+    for cached in (job_store, batch_store, file_store, publisher, _api_keys, _batch_inputs, _batch_launcher,
+                   _file_contents, job_service, batch_service, file_service, authenticator, token_verifier, admission):
         cached.cache_clear()
 
 
@@ -64,6 +68,21 @@ def batch_store() -> BatchStore:
         return _substitute.batches
     settings = api_settings()
     return FirestoreBatchStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def file_store() -> FileStore:
+    if _substitute is not None:
+        return _substitute.files
+    settings = api_settings()
+    return FirestoreFileStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def _file_contents() -> FileContents:
+    if _substitute is not None:
+        return _substitute.file_contents
+    return GcsContents(storage_client(api_settings().project))
 
 
 @lru_cache(maxsize=1)
@@ -114,9 +133,16 @@ def job_service() -> JobService:
 @lru_cache(maxsize=1)
 def batch_service() -> BatchService:
     settings = api_settings()
-    return BatchService(store=batch_store(), inputs=_batch_inputs(), launcher=_batch_launcher(),
+    return BatchService(store=batch_store(), inputs=_batch_inputs(), launcher=_batch_launcher(), files=file_service(),
                         bucket=settings.batch_bucket, ttl_seconds=settings.batch_ttl_seconds,
                         nightly_tenants=settings.nightly_tenants)
+
+
+@lru_cache(maxsize=1)
+def file_service() -> FileService:
+    settings = api_settings()
+    return FileService(store=file_store(), contents=_file_contents(), bucket=settings.batch_bucket,
+                       max_bytes=settings.max_upload_bytes, clock=utcnow)
 
 
 @lru_cache(maxsize=1)

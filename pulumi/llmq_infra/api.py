@@ -1,4 +1,4 @@
-"""The public HTTP API: the submit, status and completions functions, each with its own identity.
+"""The public HTTP API: the submit, status, completions and files functions, each with its own identity.
 
 submit also starts on-demand batches (POST /v1/batches): it stores inline input under the batch
 bucket's `inbox-ondemand/` and runs the batch Cloud Run job with per-batch arguments. The job is
@@ -17,6 +17,7 @@ import pulumi_gcp as gcp
 import pulumi
 from jobs.constants import (
     AUTH_MODES,
+    FILES_PREFIX,
     MAX_WAIT_SECONDS,
     ONDEMAND_PREFIX,
     QUOTA_QUEUED_JOBS,
@@ -38,6 +39,10 @@ STATUS_CONCURRENCY = 250
 COMPLETIONS_CONCURRENCY = 500
 COMPLETIONS_TIMEOUT_SECONDS = 3600
 COMPLETION_WAIT_SECONDS = COMPLETIONS_TIMEOUT_SECONDS - 60
+# Files (OpenAI's Files API): an upload of up to 32 MiB streams through to Cloud Storage, and a batch's output
+# file streams back; both may take minutes on a slow client, and each holds a chunk (1 MiB) in memory.
+FILES_CONCURRENCY = 80
+FILES_TIMEOUT_SECONDS = 900
 
 
 def bucket_prefix_condition(bucket: pulumi.Input[str], prefix: str) -> gcp.storage.BucketIAMMemberConditionArgs:
@@ -62,6 +67,8 @@ class ApiArgs:
     status_account_id: str
     completions_name: str
     completions_account_id: str
+    files_name: str
+    files_account_id: str
     jobs_topic: pulumi.Input[str]
     batch_jobs_topic: pulumi.Input[str]  # `priority: "batch"` jobs
     models_json: str  # LLMQ_MODELS
@@ -97,14 +104,16 @@ class Api(pulumi.ComponentResource):
     submit: HttpFunction
     status: HttpFunction
     completions: HttpFunction
+    files: HttpFunction
     submit_member: pulumi.Output[str]  # serviceAccount:<submit identity>, for the batch job's launcher grant
     submit_url: pulumi.Output[str]
     status_url: pulumi.Output[str]
     completions_url: pulumi.Output[str]
+    files_url: pulumi.Output[str]
 
     def __init__(self, name: str, args: ApiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if len({args.submit_name, args.status_name, args.completions_name}) < 3:
-            raise ValueError("Api: submit, status and completions need distinct names")
+        if len({args.submit_name, args.status_name, args.completions_name, args.files_name}) < 4:
+            raise ValueError("Api: submit, status, completions and files need distinct names")
         if args.max_instances < 1:
             raise ValueError("Api: max_instances must be at least 1")
         if args.auth_mode not in AUTH_MODES:
@@ -175,6 +184,11 @@ class Api(pulumi.ComponentResource):
             account_id=args.completions_account_id, env=completions_env, max_instances=args.max_instances,
             concurrency=COMPLETIONS_CONCURRENCY, timeout_seconds=COMPLETIONS_TIMEOUT_SECONDS, memory="1Gi",
             description="llmq: POST /v1/chat/completions, /v1/completions", **common), opts=child)
+        self.files = HttpFunction(f"{name}-files", HttpFunctionArgs(
+            function_name=args.files_name, source="files", entry_point="files",
+            account_id=args.files_account_id, env={**env, "LLMQ_BATCH_BUCKET": args.batch_bucket},
+            max_instances=args.max_instances, concurrency=FILES_CONCURRENCY, timeout_seconds=FILES_TIMEOUT_SECONDS,
+            memory="512Mi", description="llmq: /v1/files (OpenAI's Files API)", **common), opts=child)
 
         # submit creates and cancels jobs and batches, publishes jobs, and stores inline batch input;
         # status only reads Firestore (jobs, batches, api_keys).
@@ -202,11 +216,22 @@ class Api(pulumi.ComponentResource):
         gcp.pubsub.TopicIAMMember(f"{name}-completions-publisher", project=args.project, topic=args.jobs_topic,
                                   role="roles/pubsub.publisher", member=self.completions.service_account.member,
                                   opts=child)
+        # files keeps `files/{id}` records, writes and deletes uploads under files/ only, and reads any object of
+        # the batch bucket its records name (uploads, and batches' outputs under outbox/).
+        gcp.projects.IAMMember(f"{name}-files-firestore", project=args.project, role="roles/datastore.user",
+                               member=self.files.service_account.member,
+                               condition=firestore_condition(args.project, args.database), opts=child)
+        gcp.storage.BucketIAMMember(f"{name}-files-batch-reader", bucket=args.batch_bucket,
+                                    role="roles/storage.objectViewer", member=self.files.service_account.member,
+                                    opts=child)
+        gcp.storage.BucketIAMMember(f"{name}-files-uploads", bucket=args.batch_bucket,
+                                    role="roles/storage.objectUser", member=self.files.service_account.member,
+                                    condition=bucket_prefix_condition(args.batch_bucket, FILES_PREFIX), opts=child)
         gcp.projects.IAMMember(f"{name}-status-firestore", project=args.project, role="roles/datastore.viewer",
                                member=self.status.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)
         for role_name, function in (("submit", self.submit), ("status", self.status),
-                                    ("completions", self.completions)):
+                                    ("completions", self.completions), ("files", self.files)):
             for i, member in enumerate(args.invokers):
                 gcp.cloudrunv2.ServiceIamMember(
                     f"{name}-{role_name}-invoker-{i}", project=args.project, location=args.region,
@@ -216,5 +241,6 @@ class Api(pulumi.ComponentResource):
         self.submit_url = self.submit.url
         self.status_url = self.status.url
         self.completions_url = self.completions.url
+        self.files_url = self.files.url
         self.register_outputs({"submit_url": self.submit_url, "status_url": self.status_url,
-                               "completions_url": self.completions_url})
+                               "completions_url": self.completions_url, "files_url": self.files_url})

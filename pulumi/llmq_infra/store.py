@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pulumi_gcp as gcp
 
 import pulumi
-from jobs.constants import BATCHES_COLLECTION, TTL_FIELD
+from jobs.constants import BATCHES_COLLECTION, FILES_COLLECTION, FILES_PREFIX, TTL_FIELD
 from jobs.constants import JOBS_COLLECTION as JOBS
 from jobs.constants import REQUEST_SUBCOLLECTION as REQUEST  # jobs/{id}/request/body (a collection group)
 from llmq_infra.common import child_options
@@ -23,11 +23,20 @@ UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expire
 # no single-field index (above), so without these the queries fail. The queued-jobs quota
 # (tenant == T AND status == queued) is equalities only: Firestore merges the single-field indexes.
 # The reconciler also finds batches nobody works on: batches where status IN [open ones] AND updated_at < T.
-COMPOSITE_INDEXES: dict[str, tuple[str, str, str]] = {  # name: (collection, equality field, range field)
-    "queued-created": (JOBS, "status", "created_at"),  # status == queued AND created_at < T
-    "running-lease": (JOBS, "status", "lease_expires_at"),  # status == running AND lease_expires_at < T
-    "tenant-created": (JOBS, "tenant", "created_at"),  # tenant == T AND created_at >= now - 1 min (quota)
-    "open-updated": (BATCHES_COLLECTION, "status", "updated_at"),  # status IN [...] AND updated_at < T (stale batches)
+# The lists of OpenAI's API (GET /v1/batches, GET /v1/files): the tenant's, ordered by created_at (then id, in
+# the same direction, which Firestore adds itself), newest first, or oldest first for files.
+_A, _D = "ASCENDING", "DESCENDING"
+COMPOSITE_INDEXES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {  # name: (collection, fields in order)
+    "queued-created": (JOBS, (("status", _A), ("created_at", _A))),  # status == queued AND created_at < T
+    "running-lease": (JOBS, (("status", _A), ("lease_expires_at", _A))),  # status == running AND lease_expires_at < T
+    "tenant-created": (JOBS, (("tenant", _A), ("created_at", _A))),  # tenant == T AND created_at >= now - 1 min (quota)
+    # status IN [...] AND updated_at < T (stale batches)
+    "open-updated": (BATCHES_COLLECTION, (("status", _A), ("updated_at", _A))),
+    "tenant-newest": (BATCHES_COLLECTION, (("tenant", _A), ("created_at", _D))),
+    "tenant-newest-files": (FILES_COLLECTION, (("tenant", _A), ("created_at", _D))),
+    "tenant-oldest-files": (FILES_COLLECTION, (("tenant", _A), ("created_at", _A))),
+    "purpose-newest-files": (FILES_COLLECTION, (("tenant", _A), ("purpose", _A), ("created_at", _D))),
+    "purpose-oldest-files": (FILES_COLLECTION, (("tenant", _A), ("purpose", _A), ("created_at", _A))),
 }
 
 
@@ -113,7 +122,7 @@ class Store(pulumi.ComponentResource):
 
         # TTL: one field per collection group; the TTL field itself is not indexed. The request copy is
         # a subcollection, which a parent's deletion does not remove: it carries its own expire_at.
-        for collection in (JOBS, BATCHES_COLLECTION, REQUEST):
+        for collection in (JOBS, BATCHES_COLLECTION, REQUEST, FILES_COLLECTION):
             previous.append(gcp.firestore.Field(
                 f"{name}-{collection}-expire-at-ttl",
                 project=args.project,
@@ -150,17 +159,14 @@ class Store(pulumi.ComponentResource):
             ]),
             opts=chained(),
         ))
-        for index_name, (collection, equality, range_field) in COMPOSITE_INDEXES.items():
+        for index_name, (collection, fields) in COMPOSITE_INDEXES.items():
             previous.append(gcp.firestore.Index(
                 f"{name}-{collection}-{index_name}",
                 project=args.project,
                 database=args.database,
                 collection=collection,
                 query_scope="COLLECTION",
-                fields=[
-                    gcp.firestore.IndexFieldArgs(field_path=equality, order="ASCENDING"),
-                    gcp.firestore.IndexFieldArgs(field_path=range_field, order="ASCENDING"),
-                ],
+                fields=[gcp.firestore.IndexFieldArgs(field_path=path, order=order) for path, order in fields],
                 opts=chained(),
             ))
 
@@ -170,6 +176,14 @@ class Store(pulumi.ComponentResource):
             action=gcp.storage.BucketLifecycleRuleActionArgs(type="AbortIncompleteMultipartUpload"),
             condition=gcp.storage.BucketLifecycleRuleConditionArgs(age=1),
         )]
+        if role == "batch":
+            # Uploaded files (jobs/files.py) with an expiry shorter than the bucket's age rule carry it as
+            # their custom time: deleted once it has passed.
+            rules.append(gcp.storage.BucketLifecycleRuleArgs(
+                action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                condition=gcp.storage.BucketLifecycleRuleConditionArgs(days_since_custom_time=0,
+                                                                       matches_prefixes=[FILES_PREFIX]),
+            ))
         if delete_after_days is not None:
             rules.append(gcp.storage.BucketLifecycleRuleArgs(
                 action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
