@@ -147,3 +147,14 @@ def batch_final(db: Any, batch_id: str, *, timeout: float) -> dict[str, Any]:
     finally:
         watcher.close()
 
+
+# OpenAI's own two-line batch example (its Batch API guide), byte for byte: it names an OpenAI model, which the
+# test stack aliases to its own (tests/conftest.py: --model-alias gpt-3.5-turbo-0125=tiny-llama).
+OPENAI_EXAMPLE = (
+    '{"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": '
+    '"gpt-3.5-turbo-0125", "messages": [{"role": "system", "content": "You are a helpful assistant."},'
+    '{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}\n'
+    '{"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions", "body": {"model": '
+    '"gpt-3.5-turbo-0125", "messages": [{"role": "system", "content": "You are an unhelpful assistant."},'
+    '{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}\n'
+)

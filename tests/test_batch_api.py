@@ -172,26 +172,3 @@ def test_reconciler_ends_batches_that_no_runner_works_on(stack: Stack, db: Any, 
     # A second run finds nothing more to do.
     again = http.post(f"{stack.info['reconcile_url']}/", json={"batch_stale_for_seconds": 86400}).json()
     assert again["batches_failed"] == 0 and again["batches_cancelled"] == 0, again
-
-
-# OpenAI's own two-line batch example (its Batch API guide), byte for byte: it names an OpenAI model, which the
-# test stack aliases to its own (tests/conftest.py: --model-alias gpt-3.5-turbo-0125=tiny-llama).
-OPENAI_EXAMPLE = (
-    '{"custom_id": "request-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": '
-    '"gpt-3.5-turbo-0125", "messages": [{"role": "system", "content": "You are a helpful assistant."},'
-    '{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}\n'
-    '{"custom_id": "request-2", "method": "POST", "url": "/v1/chat/completions", "body": {"model": '
-    '"gpt-3.5-turbo-0125", "messages": [{"role": "system", "content": "You are an unhelpful assistant."},'
-    '{"role": "user", "content": "Hello world!"}],"max_tokens": 1000}}\n'
-)
-
-
-def test_openai_batch_example_runs_unchanged_through_a_model_alias(stack: Stack, db: Any, http: httpx.Client) -> None:
-    response = _post(stack, http, {"input_jsonl": OPENAI_EXAMPLE})
-    assert response.status_code == 202, response.text
-    doc = batch_final(db, response.json()["id"], timeout=300)
-    assert doc["status"] == "completed" and doc["request_counts"] == {"total": 2, "completed": 2, "failed": 0}, doc
-    lines = _object_lines(stack, doc["output_uri"])
-    assert sorted(line["custom_id"] for line in lines) == ["request-1", "request-2"]
-    # The results record the model that ran, not the alias.
-    assert {line["response"]["body"]["model"] for line in lines} == {stack.info["model"]}
