@@ -30,6 +30,7 @@ from jobs.batch_state import RESUMABLE, BatchStatus, transition
 from jobs.models import INPUT_FIELD, JobRequest, Usage
 from jobs.results import openai_response
 from jobs.validation import field_errors, unsupported_fields
+from jobs.webhooks import WebhookDelivery, pending_event
 
 URLS: dict[str, Literal["chat", "completion"]] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 MAX_CUSTOM_ID = 512  # OpenAI does not document one; a bound keeps error lines and memory sane
@@ -292,6 +293,9 @@ class BatchRecord(BaseModel):
     completion_window: str = DEFAULT_COMPLETION_WINDOW
     output_file_id: str | None = None
     error_file_id: str | None = None
+    # The outbox of webhooks (jobs/webhooks.py): set by the write that ends the batch, cleared once announced.
+    pending_event: str | None = None
+    webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)  # per endpoint id
     created_at: datetime
     in_progress_at: datetime | None = None
     finalizing_at: datetime | None = None
@@ -334,7 +338,8 @@ class BatchRecord(BaseModel):
                 **stamps, "request_counts": self.request_counts.model_dump(), "metadata": self.metadata,
                 "model": self.model, "usage": self.usage.openai(),
                 "input_uri": self.input_uri, "output_uri": self.output_uri, "error_uri": self.error_uri,
-                "error": None if self.error is None else self.error.model_dump(), "source": self.source}
+                "error": None if self.error is None else self.error.model_dump(), "source": self.source,
+                "webhooks": {k: v.model_dump(mode="json") for k, v in self.webhooks.items()}}
 
 
 _OPENAI_TIMES = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
@@ -351,9 +356,11 @@ def output_uris(prefix: str) -> tuple[str, str]:
 def with_status(record: BatchRecord, status: BatchStatus, *, now: datetime, **changes: Any) -> BatchRecord:
     """The record moved to `status` (checked by `transition()`; the same status is a plain update),
     stamping `<status>_at` the first time it is reached. Raises InvalidTransition."""
+    update: dict[str, Any] = {"status": status, "updated_at": now, **changes}
     if status is not record.status:
         transition(record.status, status)
-    update: dict[str, Any] = {"status": status, "updated_at": now, **changes}
+        # The outbox of webhooks, in the write that ends it (a resumed batch owes nothing until it ends again).
+        update["pending_event"] = pending_event("batches", status.value) if status.is_final else None
     stamp = f"{status.value}_at"
     if stamp in BatchRecord.model_fields and getattr(record, stamp) is None:
         update[stamp] = now
@@ -521,6 +528,10 @@ class BatchStore(Protocol):
 
     def find_stale(self, *, updated_before: datetime, limit: int) -> list[BatchRecord]:
         """Batches not final whose document was last written before `updated_before`."""
+        ...
+
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[BatchRecord]:
+        """Final batches whose webhook event is still pending, last written before `ended_before`."""
         ...
 
     def list(self, tenant: str, *, limit: int, after: BatchRecord | None) -> tuple[list[BatchRecord], bool]:

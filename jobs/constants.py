@@ -12,6 +12,7 @@ from typing import Literal, get_args
 # (jobs/{id}/request/body), and the field the TTL policies delete documents by.
 JOBS_COLLECTION = "jobs"
 BATCHES_COLLECTION = "batches"
+WEBHOOK_ENDPOINTS_COLLECTION = "webhook_endpoints"  # tenants' webhook endpoints (jobs/webhooks.py)
 FILES_COLLECTION = "files"  # OpenAI's Files API (jobs/files.py); the bytes under FILES_PREFIX of the batch bucket
 REQUEST_SUBCOLLECTION = "request"
 TTL_FIELD = "expire_at"
@@ -27,6 +28,8 @@ FILES_PREFIX = "files/"  # uploads of POST /v1/files, written by the API alone
 JOBS_TOPIC = "jobs"
 BATCH_TOPIC_SUFFIX = "-batch"
 DEAD_LETTER_TOPIC_SUFFIX = "-dead-letter"
+# Webhooks: one message per event and endpoint, pushed to the webhooks function (dead letters: given up).
+WEBHOOK_TOPIC = "webhook-deliveries"
 
 # How the API functions authenticate callers (jobs/adapters/caller.py).
 AuthMode = Literal["api_key", "iam"]

@@ -6,8 +6,10 @@ import logging
 from datetime import datetime
 
 from jobs import lifecycle
+from jobs.announce import announce_job
 from jobs.ports import JobStore
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
+from jobs.webhooks import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +17,8 @@ log = logging.getLogger(__name__)
 DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
-def handle_dead_letter(store: JobStore, envelope: PushEnvelope, *, now: datetime) -> str:
+def handle_dead_letter(store: JobStore, envelope: PushEnvelope, *, now: datetime,
+                       announcer: Announcer | None = None) -> str:
     """Mark the job failed/dead_lettered unless it is finished or held by a live lease.
     Returns what was done. Raises DependencyUnavailable (the dead letter is then redelivered)."""
     attributes = envelope.message.attributes
@@ -31,6 +34,8 @@ def handle_dead_letter(store: JobStore, envelope: PushEnvelope, *, now: datetime
     record, changed = store.update(
         job_id, lambda current: lifecycle.dead_letter(current, now=now, delivery_attempts=attempts)
     )
+    if changed:
+        announce_job(announcer, store, record)  # not announced: the reconciler will
     outcome = "no such job" if record is None else "marked dead_lettered" if changed else "left as it is"
     log.info("dead letter handled", extra={"job_id": job_id, "outcome": outcome, "attempt": attempts})
     return outcome

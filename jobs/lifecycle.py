@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
 from jobs.models import JobErrorCode, JobErrorInfo, JobRecord, Usage
 from jobs.state import JobStatus, transition
+from jobs.webhooks import pending_event
 
 
 class ClaimOutcome(Enum):
@@ -49,13 +51,14 @@ class ClaimDecision:
     record: JobRecord | None = None  # the document to write: claimed (CLAIMED) or cancelled (EXPIRED)
     retry_after: float = 0.0  # for LEASED: seconds until the other lease expires
     lease: Lease | None = None  # for CLAIMED: the lease this delivery now holds
+    current: JobRecord | None = None  # for FINISHED: the document as it is (its end may still be unannounced)
 
 
 def decide_claim(
     record: JobRecord, *, owner: str, instance: str, now: datetime, lease_seconds: float
 ) -> ClaimDecision:
     if record.status.is_final:
-        return ClaimDecision(ClaimOutcome.FINISHED)
+        return ClaimDecision(ClaimOutcome.FINISHED, current=record)
     if record.status is JobStatus.RUNNING and record.lease_owner != owner:
         expires = record.lease_expires_at
         if expires is not None and expires > now:
@@ -80,13 +83,19 @@ def expire(record: JobRecord, *, now: datetime) -> JobRecord:
     """A queued job past its start deadline: cancelled, with the reason."""
     return record.model_copy(
         update={
-            "status": transition(record.status, JobStatus.CANCELLED),
+            **_ending(record, JobStatus.CANCELLED),
             "finished_at": now,
             "finish_reason": "cancelled",
             "error": JobErrorInfo(code=JobErrorCode.DEADLINE_EXCEEDED,
                                   message="the job did not start before its deadline"),
         }
     )
+
+
+def _ending(record: JobRecord, status: JobStatus) -> dict[str, Any]:
+    """The fields of the write that ends a job: its final status, and the webhook event it now owes (the
+    outbox, in the same write: jobs/webhooks.py)."""
+    return {"status": transition(record.status, status), "pending_event": pending_event("jobs", status.value)}
 
 
 def holds_lease(record: JobRecord, owner: str) -> bool:
@@ -131,7 +140,7 @@ def complete(record: JobRecord, *, owner: str, now: datetime, completion: Comple
         return None
     return record.model_copy(
         update={
-            "status": transition(record.status, JobStatus.SUCCEEDED),
+            **_ending(record, JobStatus.SUCCEEDED),
             "finished_at": now,
             "output": completion.output,
             "finish_reason": completion.finish_reason,
@@ -151,7 +160,7 @@ def fail(record: JobRecord, *, now: datetime, code: JobErrorCode, message: str,
         return None
     return record.model_copy(
         update={
-            "status": transition(record.status, JobStatus.FAILED),
+            **_ending(record, JobStatus.FAILED),
             "finished_at": now,
             "error": JobErrorInfo(code=code, message=message),
             "lease_owner": None,
@@ -170,7 +179,7 @@ def cancel(record: JobRecord, *, now: datetime) -> JobRecord | None:
     running = record.status is JobStatus.RUNNING
     return record.model_copy(
         update={
-            "status": transition(record.status, JobStatus.CANCELLED),
+            **_ending(record, JobStatus.CANCELLED),
             "finished_at": now,
             "finish_reason": "cancelled",
             "lease_owner": record.lease_owner if running else None,

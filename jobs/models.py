@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from jobs.constants import MAX_TTL_SECONDS
 from jobs.engine import ChatTurn, GenerationRequest, SamplingOptions
 from jobs.state import JobStatus
+from jobs.webhooks import WebhookDelivery
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_MESSAGES = 256
@@ -299,6 +300,9 @@ class JobRecord(BaseModel):
     lease_expires_at: datetime | None = None
     runner_instance: str | None = None
     republished_at: datetime | None = None  # the reconciler's last re-publish (at most one per period)
+    # The outbox of webhooks (jobs/webhooks.py): set by the write that ends the job, cleared once announced.
+    pending_event: str | None = None
+    webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)  # per endpoint id
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=False)
@@ -329,6 +333,7 @@ class JobView(BaseModel):
     metadata: dict[str, str]
     metrics: dict[str, float]
     deadline_at: datetime | None = None
+    webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

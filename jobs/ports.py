@@ -71,6 +71,10 @@ class JobStore(Protocol):
     def find_stale(self, *, queued_before: datetime, lease_expired_before: datetime, limit: int) -> list[JobRecord]:
         ...
 
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[JobRecord]:
+        """Finished jobs whose webhook event is still pending (jobs/webhooks.py), ended before `ended_before`."""
+        ...
+
     def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
         """How many of the tenant's jobs match (for quotas)."""
         ...

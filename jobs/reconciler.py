@@ -9,6 +9,9 @@ Queued jobs past their start deadline are cancelled instead.
 
 Batches nothing works on any more (no progress written for a long time) are ended: `failed` with
 `runner_lost` (a rerun resumes them), or `cancelled` if a cancel was waiting for a runner.
+
+Jobs and batches that ended without their webhook event announced (the process that ended them died first,
+or Pub/Sub was down) are announced (`announce_pending`): the outbox's sweep, jobs/webhooks.py.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
 from jobs import batches, lifecycle
+from jobs.announce import announce_batch, announce_job
 from jobs.batch_state import BatchStatus
 from jobs.batches import BatchStore
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobErrorCode, JobRecord
 from jobs.ports import JobStore, Publisher
 from jobs.state import JobStatus
+from jobs.webhooks import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ class ReconcileReport:
     errors: int = 0
     batches_failed: int = 0  # ended `failed`/runner_lost
     batches_cancelled: int = 0  # a cancel that no runner was there to finish
+    announced: int = 0  # webhook events a writer had left pending
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -79,6 +85,19 @@ def reconcile(
         except DependencyUnavailable:
             report.errors += 1
             log.warning("could not reconcile", extra={"job_id": record.id})
+    return report
+
+
+def announce_pending(jobs: JobStore, batch_store: BatchStore, announcer: Announcer, *, now: datetime,
+                     ended_for: timedelta = timedelta(seconds=30), limit: int = 500,
+                     report: ReconcileReport | None = None) -> ReconcileReport:
+    """Announce what ended at least `ended_for` ago (its writer had that long to announce it itself) with its
+    event still pending."""
+    report = report or ReconcileReport()
+    for record in jobs.find_unannounced(ended_before=now - ended_for, limit=limit):
+        report.announced += announce_job(announcer, jobs, record)
+    for batch in batch_store.find_unannounced(ended_before=now - ended_for, limit=limit):
+        report.announced += announce_batch(announcer, batch_store, batch)
     return report
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from jobs import lifecycle
+from jobs.announce import announce_job
 from jobs.catalog import ModelCatalog
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
 from jobs.ids import is_job_id, new_job_id
@@ -14,6 +15,7 @@ from jobs.models import INPUT_FIELD, JobMessage, JobRecord, JobRequest, JobView
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota, QuotaGuard
 from jobs.state import JobStatus
+from jobs.webhooks import Announcer
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +33,11 @@ class JobService:
         catalog: ModelCatalog,
         quota: Quota | None = None,
         max_prompt_chars_per_token: int = 16,
+        announcer: Announcer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
+        self._announcer = announcer
         self._publisher = publisher
         self._catalog = catalog
         self._quota = QuotaGuard(store, quota) if quota is not None else None
@@ -116,6 +120,8 @@ class JobService:
         record, _ = self._store.update(job_id, lambda current: lifecycle.cancel(current, now=now))
         if record is None:
             raise NotFound(f"job {job_id} not found")
+        # Announced here (a cancel asked again announces again, under the same event id), else by the reconciler.
+        announce_job(self._announcer, self._store, record)
         return record.view()
 
     def _owned(self, job_id: str, tenant: str) -> JobRecord:

@@ -66,6 +66,8 @@ class ApiSettings(BaseSettings):
     # ...and ends batches whose document nobody wrote for this long (a running batch writes about once
     # a second; loading the model takes minutes, so this stays well above that).
     reconcile_batch_stale_seconds: float = 3600
+    # ...and announces the webhook events left pending by a job or batch that ended at least this long ago.
+    reconcile_announce_after_seconds: float = 30
     # Batches (docs/BATCH.md): the bucket with inbox/, outbox/ and inbox-ondemand/ (inline JSONL).
     batch_bucket: str = "llmq-batch"
     # POST /v1/batches bodies (inline JSONL included) may be this large; Cloud Functions take 32 MB.
@@ -81,6 +83,13 @@ class ApiSettings(BaseSettings):
     batch_log_dir: str = ""  # local launcher: where each batch's log goes; empty: discarded
     batch_local_max_running: int = 2  # local launcher: runners at once (each loads a model); others wait
     batch_ttl_seconds: int = 30 * 86400  # batches/{id} expire_at
+    # Webhooks (jobs/webhooks.py): the deliveries topic (empty: no webhooks are announced), and whether
+    # endpoints may be http://127.0.0.1 (the local stack only: production takes https to public addresses).
+    webhook_topic: str = ""
+    webhook_allow_loopback: bool = False
+    # Whether endpoint host names are resolved (DNS); off in the local stack, which takes literal addresses only
+    # (its tests never send a name lookup off the machine).
+    webhook_resolve_names: bool = True
     # The tenants that may ask for a batch of an inbox/ object (the nightly workflow's); nobody by default.
     nightly_tenants: list[str] = Field(default_factory=list)
 

@@ -21,9 +21,10 @@ from llmq_infra.registry import Registry, RegistryArgs
 from llmq_infra.runner import Runner, RunnerArgs
 from llmq_infra.store import Store, StoreArgs
 from llmq_infra.topics import Topics, TopicsArgs
+from llmq_infra.webhooks import Webhooks, WebhooksArgs
 
 import pulumi  # after llmq_infra: ruff files `pulumi` as first-party (the pulumi/ folder)
-from jobs.constants import DEAD_LETTER_TOPIC_SUFFIX, JOBS_TOPIC, MAX_WAIT_SECONDS
+from jobs.constants import DEAD_LETTER_TOPIC_SUFFIX, JOBS_TOPIC, MAX_WAIT_SECONDS, WEBHOOK_TOPIC
 
 s = load()
 project, region, labels = s.project, s.region, s.labels
@@ -56,6 +57,8 @@ models_json = json.dumps([m.catalog_entry() for m in s.models])
 # batch component, which exists only once the image is built); the batch component grants submit's
 # identity the right to run it.
 batch_job_name = s.name("batch")
+# Webhook deliveries (CONTRACT §9): a fixed name, told to every deployable that ends jobs before the topic exists.
+webhook_topic = s.name(WEBHOOK_TOPIC)
 # The nightly workflow calls the API with ID tokens (jobs/adapters/caller.py): in api_key mode its service
 # account (whose email is known before the account exists) acts as the tenant "nightly"; in iam mode its email
 # is its tenant. That tenant alone may ask for batches of inbox/ objects.
@@ -74,7 +77,7 @@ api = Api("api", ApiArgs(
     batch_bucket=store.batch_bucket.name, batch_job=batch_job_name, auth_mode=s.api_auth_mode,
     token_tenants=nightly_token_tenants, token_audience=s.name("api"), nightly_tenants=nightly_tenants,
     quota_submissions_per_minute=s.quota_submissions_per_minute, quota_queued_jobs=s.quota_queued_jobs,
-    invokers=s.api_invokers, labels=labels, **function_build), opts=after_builder)
+    invokers=s.api_invokers, webhook_topic=webhook_topic, labels=labels, **function_build), opts=after_builder)
 maintenance = Maintenance("maintenance", MaintenanceArgs(
     project=project, region=region, database=s.database,
     deadletter_name=s.name("deadletter"), reconcile_name=s.name("reconcile"),
@@ -83,7 +86,7 @@ maintenance = Maintenance("maintenance", MaintenanceArgs(
     batch_jobs_topic=topics.batch_jobs.name, models_json=models_json,
     reconcile_schedule=s.reconcile_schedule, reconcile_queued_seconds=s.reconcile_queued_seconds,
     reconcile_lease_lapsed_seconds=s.reconcile_lease_lapsed_seconds, internal_ingress=s.internal_ingress,
-    labels=labels, **function_build), opts=after_builder)
+    webhook_topic=webhook_topic, labels=labels, **function_build), opts=after_builder)
 
 if not s.image_built:
     # Bootstrap: the repository is created by this run; the GPU parts follow once the image is in it.
@@ -102,7 +105,7 @@ runners = [
         max_concurrency=s.max_concurrency, max_inflight=s.max_inflight, lease_seconds=s.lease_seconds,
         generation_timeout_seconds=s.generation_timeout_seconds, request_timeout_seconds=s.runner_timeout_seconds,
         startup_timeout_seconds=s.startup_timeout_seconds, gpu_zonal_redundancy=s.gpu_zonal_redundancy,
-        internal_ingress=s.internal_ingress, labels=labels), opts=after_apis)
+        internal_ingress=s.internal_ingress, webhook_topic=webhook_topic, labels=labels), opts=after_apis)
     for m in s.models
     if s.image_built
 ]
@@ -138,8 +141,21 @@ if s.image_built:
         gpu_zonal_redundancy=s.gpu_zonal_redundancy, launcher_members=[api.submit_member],
         submit_url=api.submit_url, status_url=api.status_url,
         api_audience=api.token_audience,
-        api_services=[api.submit.service_name, api.status.service_name], labels=labels),
-        opts=after_apis)
+        api_services=[api.submit.service_name, api.status.service_name], webhook_topic=webhook_topic,
+        labels=labels), opts=after_apis)
+
+# Webhooks (CONTRACT §9): every identity that ends a job or batch announces it on the deliveries topic.
+webhooks = Webhooks("webhooks", WebhooksArgs(
+    project=project, region=region, database=s.database, function_name=s.name("webhooks"),
+    account_id=s.account_id("webhooks"), push_account_id=s.account_id("wh-push"), topic=webhook_topic,
+    dead_letter_topic=webhook_topic + DEAD_LETTER_TOPIC_SUFFIX, pubsub_agent_member=topics.pubsub_agent_member,
+    publishers=[("submit", api.submit.service_account.member),
+                ("completions", api.completions.service_account.member),
+                ("deadletter", maintenance.deadletter.service_account.member),
+                ("reconcile", maintenance.reconcile.service_account.member),
+                *((f"runner-{m.key}", r.service_account.member) for r, m in zip(runners, s.models)),
+                *([("batch", batch.job_service_account.member)] if batch is not None else [])],
+    internal_ingress=s.internal_ingress, labels=labels, **function_build), opts=after_apis)
 
 # One base URL for every route (CONTRACT §8), where the functions take the caller's credentials themselves.
 gateway: Gateway | None = None

@@ -34,6 +34,8 @@ from jobs.errors import DependencyUnavailable, Unauthenticated
 from jobs.logs import configure_logging
 from jobs.ports import JobStore, ResultStore
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
+from jobs.service import utcnow
+from jobs.webhooks import Announcer
 from runner.engines import start_engine
 from runner.outcome import Disposition, Outcome
 from runner.processor import JobProcessor
@@ -47,6 +49,7 @@ class RunnerPorts:
     engine: Engine
     store: JobStore
     results: ResultStore
+    announcer: Announcer | None = None  # None: webhooks are off
 
 
 async def cloud_ports(settings: RunnerSettings) -> RunnerPorts:
@@ -54,7 +57,15 @@ async def cloud_ports(settings: RunnerSettings) -> RunnerPorts:
     engine = await start_engine(settings)
     store = FirestoreJobStore(firestore_client(settings.project, settings.database))
     results = GcsResultStore(storage_client(settings.project), bucket=settings.results_bucket)
-    return RunnerPorts(engine=engine, store=store, results=results)
+    announcer = None
+    if settings.webhook_topic:
+        from jobs.adapters.clients import publisher_client
+        from jobs.adapters.webhook_store import FirestoreEndpointStore, PubSubDeliveryQueue
+
+        announcer = Announcer(endpoints=FirestoreEndpointStore(firestore_client(settings.project, settings.database)),
+                              queue=PubSubDeliveryQueue(publisher_client(), project=settings.project,
+                                                        topic=settings.webhook_topic), clock=utcnow)
+    return RunnerPorts(engine=engine, store=store, results=results, announcer=announcer)
 
 
 class RunnerState:
@@ -69,7 +80,8 @@ class RunnerState:
         try:
             ports = await self._connect(self.settings)
             engine = ports.engine
-            processor = JobProcessor(store=ports.store, results=ports.results, engine=engine, settings=self.settings)
+            processor = JobProcessor(store=ports.store, results=ports.results, engine=engine, settings=self.settings,
+                                     announcer=ports.announcer)
             await processor.start()
             self.processor, self.engine = processor, engine
             log.info("engine ready", extra={"status": "ready"})

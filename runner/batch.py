@@ -38,6 +38,7 @@ from typing import Any, Literal, TypeVar
 from jobs import batches
 from jobs.adapters.batch_files import BatchFiles, Location, OutputLog
 from jobs.adapters.batch_store import ThrottledProgress
+from jobs.announce import announce_batch
 from jobs.batch_state import BatchStatus
 from jobs.batches import (
     BatchLine,
@@ -66,6 +67,7 @@ from jobs.errors import DependencyUnavailable
 from jobs.files import FileStore, output_file
 from jobs.models import Usage
 from jobs.service import utcnow
+from jobs.webhooks import Announcer
 from runner.batch_settings import BatchSettings
 
 log = logging.getLogger("runner.batch")
@@ -128,8 +130,8 @@ class _Progress:
 class BatchRunner:
     def __init__(self, *, settings: BatchSettings, engine: Callable[[], Awaitable[Engine]], files: BatchFiles,
                  store: BatchStore | None, input_uri: str, output_prefix: str, batch_id: str | None,
-                 file_store: FileStore | None = None, progress_bar: bool = False,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 file_store: FileStore | None = None, announcer: Announcer | None = None,
+                 progress_bar: bool = False, clock: Callable[[], datetime] = utcnow) -> None:
         self._settings = settings
         # The engine is loaded only once the input is known to hold work: an unusable file, or a rerun
         # with nothing left to do, never loads the model.
@@ -138,6 +140,7 @@ class BatchRunner:
         self._files = files
         self._store = store if batch_id else None
         self._file_store = file_store if batch_id else None
+        self._announcer = announcer
         self._record: BatchRecord | None = None  # as it was when the run began
         self._input = Location.parse(input_uri)
         self._output = Location.parse(output_prefix)
@@ -437,7 +440,13 @@ class BatchRunner:
                                            file_ids=file_ids)
 
         record, _ = await asyncio.to_thread(self._store.update, self._batch_id, mutate)
+        await self._announce(record)
         return record.status if record is not None and final_files else outcome
+
+    async def _announce(self, record: BatchRecord | None) -> None:
+        """The webhook event of a batch this run ended (if it did); not announced, the reconciler will."""
+        if self._store is not None and record is not None and record.pending_event is not None:
+            await asyncio.to_thread(announce_batch, self._announcer, self._store, record)
 
     def _register_files(self) -> dict[str, str | None]:
         """Record the final output and error files as files of the batch's tenant (derived ids: a rerun
@@ -466,9 +475,10 @@ class BatchRunner:
         if self._store is None or self._batch_id is None:
             return BatchOutcome(BatchStatus.FAILED, counts, error=message)
         now = self._clock()
-        await asyncio.to_thread(self._store.update, self._batch_id, lambda r: batches.fail_input(
+        record, _ = await asyncio.to_thread(self._store.update, self._batch_id, lambda r: batches.fail_input(
             r, code=code, message=message, counts=counts, now=now, output_uri=self._output_file.uri,
             error_uri=self._error_file.uri))
+        await self._announce(record)
         return BatchOutcome(BatchStatus.FAILED, counts, error=message, recorded=True)
 
 
@@ -500,13 +510,21 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
     uses_gcs = input_uri.startswith("gs://") or output_prefix.startswith("gs://")
     files = BatchFiles(storage_client(settings.project) if uses_gcs else None,
                        work_dir=Path(settings.batch_work_dir) if settings.batch_work_dir else None)
-    store, file_store = None, None
+    store, file_store, announcer = None, None, None
     if batch_id is not None:
         from jobs.adapters.batch_store import FirestoreBatchStore
         from jobs.adapters.file_store import FirestoreFileStore
 
         store = FirestoreBatchStore(firestore_client(settings.project, settings.database))
         file_store = FirestoreFileStore(firestore_client(settings.project, settings.database))
+        if settings.webhook_topic:
+            from jobs.adapters.clients import publisher_client
+            from jobs.adapters.webhook_store import FirestoreEndpointStore, PubSubDeliveryQueue
+
+            announcer = Announcer(
+                endpoints=FirestoreEndpointStore(firestore_client(settings.project, settings.database)),
+                queue=PubSubDeliveryQueue(publisher_client(), project=settings.project, topic=settings.webhook_topic),
+                clock=utcnow)
     started: list[Engine] = []
 
     async def get_engine() -> Engine:
@@ -520,8 +538,8 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
 
     try:
         runner = BatchRunner(settings=settings, engine=get_engine, files=files, store=store, file_store=file_store,
-                             input_uri=input_uri, output_prefix=output_prefix, batch_id=batch_id,
-                             progress_bar=progress_bar)
+                             announcer=announcer, input_uri=input_uri, output_prefix=output_prefix,
+                             batch_id=batch_id, progress_bar=progress_bar)
         return await runner.run()
     finally:
         for own in started:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 
 from jobs import lifecycle
+from jobs.announce import announce_job
 from jobs.engine import Engine, EngineDead, EngineError, FinishReason, GenerationUpdate, PromptTooLong, RequestRejected
 from jobs.errors import DependencyUnavailable
 from jobs.lifecycle import ClaimDecision, ClaimOutcome, Completion, Lease
@@ -27,6 +28,7 @@ from jobs.models import JobErrorCode, JobMessage, JobRecord, Usage
 from jobs.ports import JobStore, ResultStore
 from jobs.results import document_output, openai_response
 from jobs.service import utcnow
+from jobs.webhooks import Announcer
 from runner.outcome import Outcome
 from runner.settings import RunnerSettings
 
@@ -42,9 +44,11 @@ class JobProcessor:
         results: ResultStore,
         engine: Engine,
         settings: RunnerSettings,
+        announcer: Announcer | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
+        self._announcer = announcer
         self._results = results
         self._engine = engine
         self._settings = settings
@@ -134,13 +138,21 @@ class JobProcessor:
         """A message that can never be processed: mark its job failed and acknowledge."""
         try:
             now = self._clock()
-            await self._call(
+            await self._ended(await self._call(
                 self._store.update, job_id,
                 lambda current: lifecycle.fail(current, now=now, code=JobErrorCode.INVALID_MESSAGE, message=reason),
-            )
+            ))
         except DependencyUnavailable:
             return Outcome.retry("dependency unavailable")
         return Outcome.failed("rejected: invalid message")
+
+    async def _ended(self, written: tuple[JobRecord | None, bool]) -> None:
+        """After a write that may have ended the job: announce its webhook event (jobs/webhooks.py) before the
+        push is acknowledged. Not announced (a failure, or this process dying first), it stays pending: the
+        message's redelivery finds the job finished and announces it then, or the reconciler does."""
+        record, _ = written
+        if self._announcer is not None and record is not None and record.pending_event is not None:
+            await self._call(announce_job, self._announcer, self._store, record)
 
     async def _process(self, message: JobMessage, *, owner: str) -> Outcome:
         job_id = message.job_id
@@ -148,9 +160,9 @@ class JobProcessor:
         if message.model != served:
             # This runner serves one model (its subscription filters on it): permanent for the job here.
             now = self._clock()
-            await self._call(self._store.update, job_id, lambda current: lifecycle.fail(
+            await self._ended(await self._call(self._store.update, job_id, lambda current: lifecycle.fail(
                 current, now=now, code=JobErrorCode.MODEL_NOT_SERVED,
-                message=f"model {message.model!r} is not served here"))
+                message=f"model {message.model!r} is not served here")))
             return Outcome.failed("failed: model not served")
         try:
             decision = await self._claim(job_id, owner)
@@ -165,8 +177,10 @@ class JobProcessor:
             # No document: expired by TTL, or the submit was undone after its publish failed.
             return Outcome.done("no such job")
         if decision.outcome is ClaimOutcome.FINISHED:
+            await self._ended((decision.current, False))  # a redelivery: its end may not be announced yet
             return Outcome.done("already finished")
         if decision.outcome is ClaimOutcome.EXPIRED:
+            await self._ended((decision.record, True))
             return Outcome.done("deadline exceeded before start")
         if decision.outcome is ClaimOutcome.LEASED:
             return Outcome.saturated("held by another delivery", after=decision.retry_after)
@@ -323,20 +337,23 @@ class JobProcessor:
             output=document_output(update.text), finish_reason=finish_reason, usage=usage,
             result_uri=uri, metrics=timings,
         )
-        _, changed = await self._call(
+        written = await self._call(
             self._store.update, record.id,
             lambda current: lifecycle.complete(current, owner=owner, now=now, completion=completion),
         )
+        changed = written[1]
+        if changed:
+            await self._ended(written)
         log.info("finished" if changed else "lease lost before finish; result dropped",
                  extra={"job_id": record.id, "delivery": owner, "outcome": finish_reason})
         return Outcome.done("succeeded" if changed else "lease lost")
 
     async def _fail(self, job_id: str, owner: str, code: JobErrorCode, message: str) -> None:
         now = self._clock()
-        await self._call(
+        await self._ended(await self._call(
             self._store.update, job_id,
             lambda current: lifecycle.fail(current, now=now, code=code, message=message, owner=owner),
-        )
+        ))
         log.info("failed permanently", extra={"job_id": job_id, "delivery": owner, "outcome": code})
 
     async def _release(self, job_id: str, owner: str) -> None:

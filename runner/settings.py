@@ -17,6 +17,8 @@ class RunnerSettings(BaseSettings):
     project: str = "local-project"
     database: str = "(default)"
     results_bucket: str = "llmq-results"
+    # Webhooks: the deliveries topic the end of a job is announced on (empty: none is; jobs/webhooks.py).
+    webhook_topic: str = ""
 
     engine: Literal["vllm", "transformers"] = "vllm"
     model_path: str = ".local/models/tiny"  # a local folder or a GCS FUSE mount

@@ -31,7 +31,7 @@ from jobs import constants
 from scripts.processes import STACK_MARKER, ManagedProcess, PortInUse, free_port, listening_socket, marked_processes
 
 REPO = Path(__file__).resolve().parents[1]
-FUNCTIONS = ("submit", "status", "completions", "files", "deadletter", "reconcile")
+FUNCTIONS = ("submit", "status", "completions", "files", "deadletter", "reconcile", "webhooks")
 EMULATORS = ("pubsub", "firestore", "storage")
 EMULATOR_START_ATTEMPTS = 3  # each on another port, if the last one was taken before the emulator bound it
 LOCAL_MAX_MODEL_LEN = 8192  # the local models' context (scripts/build_tiny_model.py)
@@ -76,6 +76,11 @@ class StackConfig:
     reconcile_every_seconds: float = 30.0
     reconcile_queued_after_seconds: float = 60.0
     reconcile_lapsed_after_seconds: float = 10.0
+    # Webhook deliveries (jobs/webhooks.py): attempts before Pub/Sub gives up (its dead-letter minimum, 5), and
+    # the retry policy's backoff between them.
+    webhook_attempts: int = 5
+    webhook_min_backoff_seconds: int = 1
+    webhook_max_backoff_seconds: int = 4
 
     def _spread(self, base: str) -> list[str]:
         """One priority's topics: `base` alone, or push_topics of them (`base-0`…)."""
@@ -244,6 +249,27 @@ class LocalStack:
                 "dead_letter_policy": {"dead_letter_topic": dead_letter,
                                        "max_delivery_attempts": c.max_delivery_attempts},
             })
+        # Webhooks: one message per event and endpoint, pushed to the webhooks function; after the last
+        # attempt its dead-letter topic's push records the delivery as given up.
+        webhook_topic = publisher.topic_path(c.project, constants.WEBHOOK_TOPIC)
+        webhook_dead = publisher.topic_path(c.project, constants.WEBHOOK_TOPIC + constants.DEAD_LETTER_TOPIC_SUFFIX)
+        for topic_path in (webhook_topic, webhook_dead):
+            publisher.create_topic(name=topic_path)
+        webhooks_url = f"http://127.0.0.1:{self.ports['webhooks']}"
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(c.project, f"{constants.WEBHOOK_TOPIC}-push"),
+            "topic": webhook_topic, "push_config": {"push_endpoint": f"{webhooks_url}/"},
+            "ack_deadline_seconds": 30,
+            "retry_policy": {"minimum_backoff": {"seconds": c.webhook_min_backoff_seconds},
+                             "maximum_backoff": {"seconds": c.webhook_max_backoff_seconds}},
+            "dead_letter_policy": {"dead_letter_topic": webhook_dead, "max_delivery_attempts": c.webhook_attempts},
+        })
+        subscriber.create_subscription(request={
+            "name": subscriber.subscription_path(c.project, f"{constants.WEBHOOK_TOPIC}-given-up"),
+            "topic": webhook_dead, "push_config": {"push_endpoint": f"{webhooks_url}/given-up"},
+            "ack_deadline_seconds": 30,
+            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+        })
         gcs = storage.Client(project=c.project, credentials=AnonymousCredentials())
         for bucket in (c.results_bucket, c.batch_bucket):
             gcs.create_bucket(bucket)
@@ -286,6 +312,10 @@ class LocalStack:
             "LLMQ_NIGHTLY_TENANTS": json.dumps([c.tenant]),  # the stack's key runs the workflow locally
             "LLMQ_BATCH_LAUNCHER": "local",
             "LLMQ_BATCH_LOG_DIR": str(self.logs),
+            # Webhooks: announced on this topic; locally an endpoint may be http://127.0.0.1 (a test's receiver).
+            "LLMQ_WEBHOOK_TOPIC": constants.WEBHOOK_TOPIC,
+            "LLMQ_WEBHOOK_ALLOW_LOOPBACK": "true",
+            "LLMQ_WEBHOOK_RESOLVE_NAMES": "false",
         })
         return env
 
@@ -302,6 +332,7 @@ class LocalStack:
             "status_url": f"http://127.0.0.1:{self.ports['status']}",
             "completions_url": f"http://127.0.0.1:{self.ports['completions']}",
             "files_url": f"http://127.0.0.1:{self.ports['files']}",
+            "webhooks_url": f"http://127.0.0.1:{self.ports['webhooks']}",
             "deadletter_url": f"http://127.0.0.1:{self.ports['deadletter']}",
             "reconcile_url": f"http://127.0.0.1:{self.ports['reconcile']}",
             "runner_url": f"http://127.0.0.1:{self.ports['runner']}",

@@ -73,16 +73,19 @@ class JobFactory:
 
 @contextmanager
 def _extra_instance(stack: Stack, name: str, argv: list[str], ready_path: str, tmp_path: Path,
-                    settings: dict[str, str], *, port: int) -> Iterator[str]:
+                    settings: dict[str, str], *, port: int,
+                    environment: dict[str, str] | None = None) -> Iterator[tuple[str, ManagedProcess]]:
     """Another instance of a stack service, with the stack's settings plus `settings` (LLMQ_ names
-    without the prefix), started and stopped around the block; yields its base URL."""
+    without the prefix) and `environment` (other variables), started and stopped around the block;
+    yields its base URL and its process."""
     env = {**os.environ, **stack.info["env"], **stack.info["settings_env"], "PYTHONPATH": str(REPO)}
     env.update({f"LLMQ_{k.upper()}": v for k, v in settings.items()})
+    env.update(environment or {})
     process = ManagedProcess(f"{name}-{port}", argv, log_dir=tmp_path, env=env, cwd=REPO)
     process.start()
     try:
         process.wait_http(f"http://127.0.0.1:{port}{ready_path}", timeout=120)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.stop()
 
@@ -90,10 +93,19 @@ def _extra_instance(stack: Stack, name: str, argv: list[str], ready_path: str, t
 @contextmanager
 def extra_runner(stack: Stack, tmp_path: Path, **settings: str) -> Iterator[str]:
     """Another runner instance; yields its push URL."""
+    with extra_runner_process(stack, tmp_path, settings=settings) as (url, _process):
+        yield url
+
+
+@contextmanager
+def extra_runner_process(stack: Stack, tmp_path: Path, *, settings: dict[str, str] | None = None,
+                         environment: dict[str, str] | None = None) -> Iterator[tuple[str, ManagedProcess]]:
+    """Another runner instance, with other environment variables if need be; yields its push URL and process."""
     port = free_port()
     argv = [sys.executable, "-m", "runner", "--port", str(port)]
-    with _extra_instance(stack, "runner", argv, "/readyz", tmp_path, settings, port=port) as url:
-        yield f"{url}/push"
+    with _extra_instance(stack, "runner", argv, "/readyz", tmp_path, settings or {}, port=port,
+                         environment=environment) as (url, process):
+        yield f"{url}/push", process
 
 
 @contextmanager
@@ -102,7 +114,7 @@ def extra_function(stack: Stack, target: str, tmp_path: Path, **settings: str) -
     port = free_port()
     argv = [sys.executable, "-m", "scripts.serve_function", "--target", target,
             "--source", str(REPO / "functions" / target / "main.py"), "--port", str(port)]
-    with _extra_instance(stack, target, argv, "/openapi.json", tmp_path, settings, port=port) as url:
+    with _extra_instance(stack, target, argv, "/openapi.json", tmp_path, settings, port=port) as (url, _process):
         yield url
 
 

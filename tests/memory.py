@@ -29,6 +29,7 @@ from jobs.files import FilePage, FileRecord
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation, watch_states
 from jobs.state import JobStatus
+from jobs.webhooks import DeliveryMessage, WebhookEndpoint
 
 
 class InMemoryJobStore:
@@ -108,6 +109,10 @@ class InMemoryJobStore:
             running = [r for r in self.records.values() if r.status is JobStatus.RUNNING
                        and r.lease_expires_at is not None and r.lease_expires_at < lease_expired_before]
         return queued[:limit] + running[:limit]
+
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[JobRecord]:
+        return [r for r in self.records.values() if r.pending_event is not None and r.finished_at is not None
+                and r.finished_at < ended_before][:limit]
 
     def count(self, tenant: str, *, status: str | None = None, created_since: datetime | None = None) -> int:
         with self._changed:
@@ -238,6 +243,10 @@ class InMemoryBatchStore:
         return [r for r in self.records.values()
                 if not r.status.is_final and r.updated_at is not None and r.updated_at < updated_before][:limit]
 
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[BatchRecord]:
+        return [r for r in self.records.values() if r.pending_event is not None and r.updated_at is not None
+                and r.updated_at < ended_before][:limit]
+
     def list(self, tenant: str, *, limit: int, after: BatchRecord | None) -> tuple[list[BatchRecord], bool]:
         mine = sorted((r for r in self.records.values() if r.tenant == tenant), key=lambda r: (r.created_at, r.id),
                       reverse=True)
@@ -355,10 +364,62 @@ class _InMemoryWriter:
         self._parts = []
 
 
+class _NoSender:
+    """The fast API tests send no webhooks; one that tries is a defect of the test."""
+
+    def send(self, url: str, *, event_id: str, body: bytes, secrets: list[str], now: datetime) -> Any:
+        raise AssertionError(f"no webhook may be sent from this test ({event_id} to {url})")
+
+
 def api_ports(**given: Any) -> ApiPorts:
     """The API functions' ports, all in memory: those in `given`, fresh ones for the rest."""
     fresh: dict[str, Any] = {"jobs": InMemoryJobStore(), "batches": InMemoryBatchStore(),
                              "publisher": InMemoryPublisher(), "api_keys": InMemoryApiKeyStore(),
                              "batch_inputs": InMemoryBatchInputs(), "batch_launcher": InMemoryLauncher(),
-                             "files": InMemoryFileStore(), "file_contents": InMemoryContents()}
+                             "files": InMemoryFileStore(), "file_contents": InMemoryContents(),
+                             "endpoints": InMemoryEndpointStore(), "deliveries": InMemoryDeliveryQueue(),
+                             "sender": _NoSender(), "resolve": no_dns}
     return ApiPorts(**{**fresh, **given})
+
+
+class InMemoryEndpointStore:
+    def __init__(self) -> None:
+        self.endpoints: dict[str, WebhookEndpoint] = {}
+
+    def create(self, endpoint: WebhookEndpoint) -> None:
+        self.endpoints[endpoint.id] = endpoint
+
+    def get(self, endpoint_id: str) -> WebhookEndpoint | None:
+        return self.endpoints.get(endpoint_id)
+
+    def delete(self, endpoint_id: str) -> None:
+        self.endpoints.pop(endpoint_id, None)
+
+    def list(self, tenant: str) -> list[WebhookEndpoint]:
+        return [e for e in self.endpoints.values() if e.tenant == tenant]
+
+    def update(self, endpoint_id: str,
+               mutate: Callable[[WebhookEndpoint], WebhookEndpoint | None]) -> WebhookEndpoint | None:
+        current = self.endpoints.get(endpoint_id)
+        if current is None:
+            return None
+        self.endpoints[endpoint_id] = mutate(current) or current
+        return self.endpoints[endpoint_id]
+
+
+class InMemoryDeliveryQueue:
+    """The deliveries topic: what was enqueued, in order; `failing` makes the next enqueues raise."""
+
+    def __init__(self) -> None:
+        self.messages: list[DeliveryMessage] = []
+        self.failing: Exception | None = None
+
+    def enqueue(self, messages: list[DeliveryMessage]) -> None:
+        if self.failing is not None:
+            raise self.failing
+        self.messages.extend(messages)
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    """A resolver for the fast tier: no name resolves (tests that need one pass their own)."""
+    raise OSError(f"{host}:{port} is not resolvable in the fast tier")

@@ -39,7 +39,7 @@ PRIMITIVE_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pulumi_gcp.*")
 
 FUNCTIONS = {"submit": "submit", "status": "status", "completions": "completions", "files": "files",
-             "deadletter": "deadletter", "reconcile": "reconcile"}
+             "deadletter": "deadletter", "reconcile": "reconcile", "webhooks": "webhooks"}
 
 SERVICE = "gcp:cloudrunv2/service:Service"
 JOB = "gcp:cloudrunv2/job:Job"
@@ -480,8 +480,10 @@ def test_function_env_is_the_api_settings(deployment: Deployment) -> None:
         values = {k[5:].lower(): json.loads(v) if k in JSON_SETTINGS else v for k, v in env.items()}
         settings = ApiSettings(**values)  # validates every value (models as ModelSpec, numbers)
         assert settings.project == PROJECT
-        assert settings.topics == ["llmq-jobs"]  # production publishes to one topic
-        assert settings.catalog.default.id == "qwen2.5-7b-instruct"
+        if name != "webhooks":  # it serves no model and publishes no jobs (its messages come by push)
+            assert settings.topics == ["llmq-jobs"]  # production publishes to one topic
+            assert settings.webhook_topic == "llmq-webhook-deliveries"
+            assert settings.catalog.default.id == "qwen2.5-7b-instruct"
 
 
 JSON_SETTINGS = ("LLMQ_TOPICS", "LLMQ_BATCH_PRIORITY_TOPICS", "LLMQ_MODELS", "LLMQ_MODEL_ALIASES", "LLMQ_TOKEN_TENANTS",
@@ -662,14 +664,14 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     accounts = [a.inputs["accountId"] for a in deployment.of(ACCOUNT)]
     assert len(accounts) == len(set(accounts))
     assert set(accounts) == {f"llmq-{s}" for s in (
-        "submit", "status", "completions", "files", "deadletter", "reconcile", "build", "push", "dl-push",
-        "sched-rec", "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
+        "submit", "status", "completions", "files", "webhooks", "wh-push", "deadletter", "reconcile", "build", "push",
+        "dl-push", "sched-rec", "batch", "workflow", "sched-batch", "run-qwen2-5-7b")}
     runtime = {
         runner(deployment).inputs["template"]["serviceAccount"],
         deployment.one(JOB).inputs["template"]["template"]["serviceAccount"],
         *(deployment.function(n).inputs["serviceConfig"]["serviceAccountEmail"] for n in FUNCTIONS),
     }
-    assert len(runtime) == 8  # no two deployables share an identity
+    assert len(runtime) == 9  # no two deployables share an identity
     assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
     assert {role for _, role in deployment.roles_of(deployment.account("llmq-submit"))} == {
         "roles/datastore.user", "roles/pubsub.publisher", "roles/run.jobsExecutorWithOverrides",
@@ -725,7 +727,8 @@ def test_without_an_image_everything_but_the_gpu_parts_is_deployed(infra: None) 
     assert not d.of(SERVICE) and not d.of(JOB) and not d.of("gcp:workflows/workflow:Workflow")
     assert d.one("gcp:artifactregistry/repository:Repository").inputs["repositoryId"] == "llmq"
     assert {f.inputs["name"] for f in d.of(FUNCTION)} == {f"llmq-{n}" for n in FUNCTIONS}
-    assert {s.inputs["topic"] for s in d.of(SUBSCRIPTION)} == {"llmq-jobs-dead-letter"}
+    assert {s.inputs["topic"] for s in d.of(SUBSCRIPTION)} == {
+        "llmq-jobs-dead-letter", "llmq-webhook-deliveries", "llmq-webhook-deliveries-dead-letter"}
     assert [p.inputs["displayName"] for p in d.of("gcp:monitoring/alertPolicy:AlertPolicy")] == [
         "llmq: jobs were dead-lettered"]
     assert "runner_url" not in d.exports and d.exports["image"] == "(not built yet)"
@@ -856,3 +859,24 @@ def test_a_public_api_gets_one_gateway_routed_by_the_api_document(infra: None) -
 def test_without_public_functions_there_is_no_gateway_to_pass_credentials_through(deployment: Deployment) -> None:
     assert not deployment.of("gcp:apigateway/gateway:Gateway")
     assert "api_url" not in deployment.exports
+
+
+def test_webhooks_are_pushed_to_a_private_function_that_gives_up_into_a_dead_letter_topic(
+        deployment: Deployment) -> None:
+    function = deployment.function("webhooks")
+    assert function.inputs["serviceConfig"]["ingressSettings"] == "ALLOW_INTERNAL_ONLY"
+    subscriptions = {s.inputs["topic"]: s.inputs for s in deployment.of(SUBSCRIPTION)}
+    deliveries = subscriptions["llmq-webhook-deliveries"]
+    assert deliveries["deadLetterPolicy"]["deadLetterTopic"].endswith("llmq-webhook-deliveries-dead-letter")
+    assert deliveries["deadLetterPolicy"]["maxDeliveryAttempts"] == 12
+    assert deliveries["retryPolicy"] == {"minimumBackoff": "10s", "maximumBackoff": "600s"}
+    assert deliveries["pushConfig"]["oidcToken"]["serviceAccountEmail"].startswith("llmq-wh-push@")
+    given_up = subscriptions["llmq-webhook-deliveries-dead-letter"]
+    assert given_up["pushConfig"]["pushEndpoint"].endswith("/given-up")
+    # Exactly the identities that end jobs or batches may publish events.
+    publishers = {g.inputs["member"] for g in deployment.of("gcp:pubsub/topicIAMMember:TopicIAMMember")
+                  if g.inputs["topic"] == "llmq-webhook-deliveries"}
+    assert {m.split(":")[1].split("@")[0] for m in publishers} == {
+        "llmq-submit", "llmq-completions", "llmq-deadletter", "llmq-reconcile", "llmq-run-qwen2-5-7b", "llmq-batch"}
+    runner_env = {e["name"]: e["value"] for e in runner(deployment).inputs["template"]["containers"][0]["envs"]}
+    assert runner_env["LLMQ_WEBHOOK_TOPIC"] == "llmq-webhook-deliveries"

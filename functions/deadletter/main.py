@@ -11,7 +11,7 @@ import functions_framework
 from pydantic import ValidationError
 
 from jobs.adapters.http import error_response, json_response
-from jobs.adapters.wiring import job_store
+from jobs.adapters.wiring import announcer, job_store
 from jobs.deadletters import handle_dead_letter
 from jobs.errors import DependencyUnavailable
 from jobs.logs import configure_logging
@@ -29,7 +29,7 @@ def deadletter(request: flask.Request) -> flask.Response:
         # Nothing to mark, and no queue behind this one: acknowledge rather than loop forever.
         return json_response({"outcome": "not a push envelope"}, 200)
     try:
-        outcome = handle_dead_letter(job_store(), envelope, now=utcnow())
+        outcome = handle_dead_letter(job_store(), envelope, now=utcnow(), announcer=announcer())
     except DependencyUnavailable as err:
         return error_response(err)
     return json_response({"outcome": outcome})

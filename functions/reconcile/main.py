@@ -10,11 +10,11 @@ import flask
 import functions_framework
 
 from jobs.adapters.http import error_response, json_response
-from jobs.adapters.wiring import batch_store, job_store, publisher
+from jobs.adapters.wiring import announcer, batch_store, job_store, publisher
 from jobs.errors import DependencyUnavailable, MethodNotAllowed
 from jobs.logs import configure_logging
+from jobs.reconciler import announce_pending, reconcile_batches
 from jobs.reconciler import reconcile as run_reconcile
-from jobs.reconciler import reconcile_batches
 from jobs.service import utcnow
 from jobs.settings import api_settings
 
@@ -35,6 +35,9 @@ def reconcile(request: flask.Request) -> flask.Response:
     try:
         report = run_reconcile(job_store(), publisher(), now=now, queued_for=queued_for, lease_lapsed_for=lapsed_for)
         reconcile_batches(batch_store(), now=now, stale_for=stale_for, report=report)
+        if (events := announcer()) is not None:
+            ended_for = _seconds(overrides.get("announce_after_seconds"), settings.reconcile_announce_after_seconds)
+            announce_pending(job_store(), batch_store(), events, now=now, ended_for=ended_for, report=report)
     except DependencyUnavailable as err:
         return error_response(err)
     return json_response(report.as_dict())

@@ -1,4 +1,5 @@
-"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/batches[/{id}], GET /v1/models, GET /openapi.json."""
+"""The status function: GET /v1/jobs/{id}[?wait=N], GET /v1/batches[/{id}], GET /v1/models,
+GET /v1/webhook_endpoints[/{id}], GET /openapi.json."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import functions_framework
 
 from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import answer, install_json_errors, int_arg, json_response
-from jobs.adapters.wiring import batch_service, job_service
+from jobs.adapters.wiring import batch_service, endpoint_service, job_service
 from jobs.errors import InvalidRequest, MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
 from jobs.settings import api_settings
@@ -20,6 +21,7 @@ install_json_errors(functions_framework.errorhandler)
 
 _JOB = re.compile(r"^/v1/jobs/([^/]+)$")
 _BATCH = re.compile(r"^/v1/batches/([^/]+)$")
+_ENDPOINT = re.compile(r"^/v1/webhook_endpoints/([^/]+)$")
 _STARTED = int(time.time())
 
 
@@ -42,6 +44,10 @@ def _route(request: flask.Request, path: str) -> flask.Response:
                                                   after=request.args.get("after")))
     if match := _BATCH.match(path):
         return json_response(batch_service().get(match.group(1), tenant=tenant).view())
+    if path == "/v1/webhook_endpoints":
+        return json_response(endpoint_service().list(tenant=tenant))
+    if match := _ENDPOINT.match(path):
+        return json_response(endpoint_service().get(match.group(1), tenant=tenant).view())
     raise NotFound(f"no route for {path}")
 
 

@@ -1,5 +1,6 @@
 """The submit function: POST /v1/jobs, POST /v1/jobs/{id}/cancel, POST /v1/batches,
-POST /v1/batches/{id}/cancel, GET /openapi.json."""
+POST /v1/batches/{id}/cancel, POST /v1/webhook_endpoints, POST /v1/webhook_endpoints/{id}/rotate_secret,
+DELETE /v1/webhook_endpoints/{id}, GET /openapi.json."""
 
 from __future__ import annotations
 
@@ -10,18 +11,21 @@ import functions_framework
 
 from jobs.adapters.caller import caller_tenant
 from jobs.adapters.http import answer, install_json_errors, json_response, read_model
-from jobs.adapters.wiring import admission, batch_service, job_service
+from jobs.adapters.wiring import admission, batch_service, endpoint_service, job_service
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
 from jobs.models import JobRequest
 from jobs.settings import api_settings
+from jobs.webhooks import CreateEndpointRequest, RotateSecretRequest
 
 configure_logging()  # structured JSON logs from the first request on
 install_json_errors(functions_framework.errorhandler)
 
 _CANCEL = re.compile(r"^/v1/jobs/([^/]+)/cancel$")
 _BATCH_CANCEL = re.compile(r"^/v1/batches/([^/]+)/cancel$")
+_ENDPOINT = re.compile(r"^/v1/webhook_endpoints/([^/]+)$")
+_ROTATE = re.compile(r"^/v1/webhook_endpoints/([^/]+)/rotate_secret$")
 
 
 @functions_framework.http
@@ -49,6 +53,18 @@ def _work(request: flask.Request, path: str) -> flask.Response:
     if match := _BATCH_CANCEL.match(path):
         _require(request, "POST")
         return json_response(batch_service().cancel(match.group(1), tenant=tenant).view())
+    if path == "/v1/webhook_endpoints":
+        _require(request, "POST")
+        create = read_model(request, CreateEndpointRequest, max_bytes=api_settings().max_body_bytes)
+        return json_response(endpoint_service().create(create, tenant=tenant), 201)
+    if match := _ROTATE.match(path):
+        _require(request, "POST")
+        rotate = (read_model(request, RotateSecretRequest, max_bytes=api_settings().max_body_bytes)
+                  if request.content_length else RotateSecretRequest())
+        return json_response(endpoint_service().rotate(match.group(1), rotate, tenant=tenant))
+    if match := _ENDPOINT.match(path):
+        _require(request, "DELETE")
+        return json_response(endpoint_service().delete(match.group(1), tenant=tenant))
     raise NotFound(f"no route for {path}")
 
 

@@ -21,6 +21,7 @@ from jobs.batch_state import BatchStatus
 from jobs.batches import BatchRecord, Mutation
 from jobs.constants import BATCHES_COLLECTION
 from jobs.errors import DependencyUnavailable
+from jobs.webhooks import BATCH_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,15 @@ class FirestoreBatchStore:
         open_statuses = [s.value for s in BatchStatus if not s.is_final]
         query = (self._batches.where(filter=FieldFilter("status", "in", open_statuses))
                  .where(filter=FieldFilter("updated_at", "<", updated_before)).limit(limit))
+        try:
+            return [_record(s.id, s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
+        except CLIENT_ERRORS as err:
+            raise DependencyUnavailable("the batch store is unavailable") from err
+
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[BatchRecord]:
+        # pending_event IN [...] AND updated_at < T: a composite index of pulumi/llmq_infra/store.py.
+        query = (self._batches.where(filter=FieldFilter("pending_event", "in", list(BATCH_EVENTS)))
+                 .where(filter=FieldFilter("updated_at", "<", ended_before)).limit(limit))
         try:
             return [_record(s.id, s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
         except CLIENT_ERRORS as err:

@@ -21,6 +21,7 @@ from jobs.constants import JOBS_COLLECTION, REQUEST_SUBCOLLECTION
 from jobs.errors import DependencyUnavailable, PayloadTooLarge
 from jobs.models import JobMessage, JobRecord
 from jobs.ports import Mutation, watch_states
+from jobs.webhooks import JOB_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,15 @@ class FirestoreJobStore:
                    .where(filter=FieldFilter("lease_expires_at", "<", lease_expired_before)).limit(limit))
         try:
             return [JobRecord.model_validate(s.to_dict()) for q in (queued, running) for s in q.stream(timeout=TIMEOUT, retry=RETRY)]
+        except CLIENT_ERRORS as err:
+            raise DependencyUnavailable("the job store is unavailable") from err
+
+    def find_unannounced(self, *, ended_before: datetime, limit: int) -> list[JobRecord]:
+        # pending_event IN [...] AND finished_at < T: a composite index of pulumi/llmq_infra/store.py.
+        query = (self._jobs.where(filter=FieldFilter("pending_event", "in", list(JOB_EVENTS)))
+                 .where(filter=FieldFilter("finished_at", "<", ended_before)).limit(limit))
+        try:
+            return [JobRecord.model_validate(s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
         except CLIENT_ERRORS as err:
             raise DependencyUnavailable("the job store is unavailable") from err
 

@@ -16,14 +16,18 @@ from jobs.adapters.file_store import FirestoreFileStore, GcsContents
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.adapters.pubsub_publisher import PubSubPublisher
+from jobs.adapters.webhook_sender import HttpSender
+from jobs.adapters.webhook_store import FirestoreEndpointStore, PubSubDeliveryQueue
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
 from jobs.batch_service import BatchService
 from jobs.batches import BatchInputs, BatchLauncher, BatchStore
+from jobs.delivery import Deliverer, Sender
 from jobs.files import FileContents, FileService, FileStore
 from jobs.ports import JobStore, Publisher
 from jobs.quotas import Quota
 from jobs.service import JobService, utcnow
 from jobs.settings import api_settings
+from jobs.webhooks import Announcer, DeliveryQueue, EndpointService, EndpointStore, Resolver
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,10 @@ class ApiPorts:
     batch_launcher: BatchLauncher
     files: FileStore
     file_contents: FileContents
+    endpoints: EndpointStore
+    deliveries: DeliveryQueue
+    sender: Sender
+    resolve: Resolver
 
 
 _substitute: ApiPorts | None = None
@@ -46,7 +54,8 @@ def use_ports(ports: ApiPorts | None) -> None:
     global _substitute
     _substitute = ports
     for cached in (job_store, batch_store, file_store, publisher, _api_keys, _batch_inputs, _batch_launcher,
-                   _file_contents, job_service, batch_service, file_service, authenticator, token_verifier, admission):
+                   _file_contents, endpoint_store, _delivery_queue, _sender, announcer, endpoint_service, deliverer,
+                   job_service, batch_service, file_service, authenticator, token_verifier, admission):
         cached.cache_clear()
 
 
@@ -83,6 +92,57 @@ def _file_contents() -> FileContents:
     if _substitute is not None:
         return _substitute.file_contents
     return GcsContents(storage_client(api_settings().project))
+
+
+@lru_cache(maxsize=1)
+def endpoint_store() -> EndpointStore:
+    if _substitute is not None:
+        return _substitute.endpoints
+    settings = api_settings()
+    return FirestoreEndpointStore(firestore_client(settings.project, settings.database))
+
+
+@lru_cache(maxsize=1)
+def _delivery_queue() -> DeliveryQueue:
+    if _substitute is not None:
+        return _substitute.deliveries
+    settings = api_settings()
+    return PubSubDeliveryQueue(publisher_client(), project=settings.project, topic=settings.webhook_topic)
+
+
+def _resolver() -> Resolver:
+    if _substitute is not None:
+        return _substitute.resolve
+    from jobs.adapters.webhook_sender import no_names, system_resolver
+
+    return system_resolver if api_settings().webhook_resolve_names else no_names
+
+
+@lru_cache(maxsize=1)
+def _sender() -> Sender:
+    if _substitute is not None:
+        return _substitute.sender
+    return HttpSender(resolve=_resolver(), allow_loopback=api_settings().webhook_allow_loopback)
+
+
+@lru_cache(maxsize=1)
+def announcer() -> Announcer | None:
+    """None where webhooks are off (no deliveries topic)."""
+    if not api_settings().webhook_topic and _substitute is None:
+        return None
+    return Announcer(endpoints=endpoint_store(), queue=_delivery_queue(), clock=utcnow)
+
+
+@lru_cache(maxsize=1)
+def endpoint_service() -> EndpointService:
+    return EndpointService(store=endpoint_store(), resolve=_resolver(),
+                           allow_loopback=api_settings().webhook_allow_loopback, clock=utcnow)
+
+
+@lru_cache(maxsize=1)
+def deliverer() -> Deliverer:
+    return Deliverer(endpoints=endpoint_store(), jobs=job_store(), batches=batch_store(), sender=_sender(),
+                     clock=utcnow)
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +186,7 @@ def job_service() -> JobService:
         store=job_store(), publisher=publisher(), catalog=settings.catalog,
         quota=Quota(submissions_per_minute=settings.quota_submissions_per_minute,
                     queued_jobs=settings.quota_queued_jobs),
-        max_prompt_chars_per_token=settings.max_prompt_chars_per_token,
+        max_prompt_chars_per_token=settings.max_prompt_chars_per_token, announcer=announcer(),
     )
 
 

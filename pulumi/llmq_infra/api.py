@@ -96,6 +96,7 @@ class ApiArgs:
     # §1); "allUsers" makes the endpoints public, an empty list leaves them to project principals
     # with identity tokens.
     invokers: Sequence[str] = ()
+    webhook_topic: str = ""  # LLMQ_WEBHOOK_TOPIC: a cancel ends a job, and announces it
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -134,6 +135,7 @@ class Api(pulumi.ComponentResource):
             "LLMQ_MODELS": args.models_json,
             "LLMQ_MODEL_ALIASES": json.dumps(args.model_aliases),
             "LLMQ_AUTH_MODE": args.auth_mode,
+            "LLMQ_WEBHOOK_TOPIC": args.webhook_topic,
         }
         public = any(m in PUBLIC_MEMBERS for m in args.invokers)
         # The audience the token callers must use: "" for the functions' URLs (what IAM checks).

@@ -69,11 +69,13 @@ class NightlyBatchArgs:
     # Api.token_audience); empty where Cloud Run IAM does (iam mode: the audience is the function's URL).
     api_audience: str = ""
     api_services: Sequence[pulumi.Input[str]] = ()
+    webhook_topic: str = ""  # LLMQ_WEBHOOK_TOPIC: where the end of a job or batch is announced
     labels: dict[str, str] = field(default_factory=dict)
 
 
 class NightlyBatch(pulumi.ComponentResource):
     job: gcp.cloudrunv2.Job
+    job_service_account: gcp.serviceaccount.Account
     workflow: gcp.workflows.Workflow
     scheduler_job: gcp.cloudscheduler.Job
 
@@ -90,7 +92,7 @@ class NightlyBatch(pulumi.ComponentResource):
         child = child_options(self, opts)
 
         # The job's identity: its batch files, the weights, the `batches` documents.
-        job_sa = gcp.serviceaccount.Account(f"{name}-job-sa", project=args.project, account_id=args.job_account_id,
+        job_sa = self.job_service_account = gcp.serviceaccount.Account(f"{name}-job-sa", project=args.project, account_id=args.job_account_id,
                                             display_name="llmq batch job", opts=child)
         job_grants = [
             gcp.projects.IAMMember(f"{name}-job-firestore", project=args.project, role="roles/datastore.user",
@@ -108,6 +110,7 @@ class NightlyBatch(pulumi.ComponentResource):
             "LLMQ_MODEL_PATH": f"{MODELS_MOUNT}/{args.model_path}",
             "LLMQ_MODEL_NAME": args.model_id,
             "LLMQ_MODEL_ALIASES": json.dumps(args.model_aliases),
+            "LLMQ_WEBHOOK_TOPIC": args.webhook_topic,
             "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
             "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
             "LLMQ_BATCH_BUCKET": args.batch_bucket,

@@ -252,7 +252,7 @@ class Settings:
         return f"{self.prefix}-{suffix}"
 
     def account_suffixes(self) -> list[str]:
-        fixed = ["submit", "status", "completions", "files", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
+        fixed = ["submit", "status", "completions", "files", "webhooks", "wh-push", "deadletter", "reconcile", "build", "push", "dl-push", "sched-rec",
                  "batch", "workflow", "sched-batch"]
         return fixed + [f"run-{m.key}" for m in self.models]
 

@@ -37,6 +37,7 @@ class MaintenanceArgs:
     reconcile_queued_seconds: int
     reconcile_lease_lapsed_seconds: int
     internal_ingress: bool = True  # reachable only from Pub/Sub, Scheduler and the VPC of this project
+    webhook_topic: str = ""  # LLMQ_WEBHOOK_TOPIC: dead letters and the reconciler end jobs, and announce them
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,6 +60,7 @@ class Maintenance(pulumi.ComponentResource):
             "LLMQ_TOPICS": pulumi.Output.json_dumps([args.jobs_topic]),
             "LLMQ_BATCH_PRIORITY_TOPICS": pulumi.Output.json_dumps([args.batch_jobs_topic]),
             "LLMQ_MODELS": args.models_json,
+            "LLMQ_WEBHOOK_TOPIC": args.webhook_topic,
         }
         ingress = "ALLOW_INTERNAL_ONLY" if args.internal_ingress else "ALLOW_ALL"
         common: dict[str, Any] = {

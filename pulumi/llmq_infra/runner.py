@@ -44,6 +44,7 @@ class RunnerArgs:
     startup_timeout_seconds: int
     gpu_zonal_redundancy: bool = False
     internal_ingress: bool = True
+    webhook_topic: str = ""  # LLMQ_WEBHOOK_TOPIC: where the end of a job or batch is announced
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -92,6 +93,7 @@ class Runner(pulumi.ComponentResource):
             "LLMQ_PROJECT": args.project,
             "LLMQ_DATABASE": args.database,
             "LLMQ_RESULTS_BUCKET": args.results_bucket,
+            "LLMQ_WEBHOOK_TOPIC": args.webhook_topic,
             "LLMQ_ENGINE": "vllm",
             "LLMQ_MODEL_PATH": f"{MODELS_MOUNT}/{args.model_path}",
             "LLMQ_MODEL_NAME": args.model_id,
