@@ -25,7 +25,8 @@ def firestore_client(access: FirestoreAccess) -> Any:
             except ImportError as err:  # pragma: no cover - depends on the installation
                 raise ConfigurationError("listening needs google-cloud-firestore (pip install 'llmq[gcp]')") from err
             # The Google clients read the emulator's address from the environment only.
-            os.environ.update(access.emulator_env)
+            if access.emulator_host:
+                os.environ["FIRESTORE_EMULATOR_HOST"] = access.emulator_host
             _clients[access] = firestore.Client(project=access.project, database=access.database)
         return _clients[access]
 

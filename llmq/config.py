@@ -16,13 +16,13 @@ DEFAULT_STACK_JSON = Path(".local") / "stack.json"
 
 @dataclass(frozen=True)
 class FirestoreAccess:
-    """What a client needs to watch job documents itself: the project, and the emulator's environment
-    when the database is a local stack's emulator (empty for a real project, read with Application
-    Default Credentials)."""
+    """What a client needs to watch job documents itself: the project, and the emulator's address when
+    the database is a local stack's emulator (None for a real project, read with Application Default
+    Credentials)."""
 
     project: str
     database: str = "(default)"
-    emulator_env: dict[str, str] = field(default_factory=dict)
+    emulator_host: str | None = None  # FIRESTORE_EMULATOR_HOST
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ def resolve(base_url: str | None = None, api_key: str | None = None, *,
         base_url = base_url or str(stack["api_url"])
         api_key = api_key or stack.get("api_key")
         env = {str(k): str(v) for k, v in dict(stack.get("env", {})).items()}
-        firestore = FirestoreAccess(project=str(stack["project"]),
-                                    emulator_env={k: v for k, v in env.items() if k == "FIRESTORE_EMULATOR_HOST"})
+        firestore = FirestoreAccess(project=str(stack["project"]), emulator_host=env.get("FIRESTORE_EMULATOR_HOST"))
         storage_env = {k: v for k, v in env.items() if k == "STORAGE_EMULATOR_HOST"}
     if firestore_project:
         firestore = FirestoreAccess(project=firestore_project)
