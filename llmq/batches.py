@@ -69,8 +69,11 @@ def read_gcs(config: Config, uri: str) -> str:
                              credentials=AnonymousCredentials())
     else:
         gcs = storage.Client()
-    blob = gcs.bucket(bucket).blob(name)
-    return str(blob.download_as_text()) if blob.exists() else ""
+    try:
+        blob = gcs.bucket(bucket).blob(name)
+        return str(blob.download_as_text()) if blob.exists() else ""
+    finally:
+        gcs.close()
 
 
 class Batches:

@@ -19,7 +19,7 @@ import llmq
 from llmq import runfile
 from llmq.config import resolve
 
-JOB = {"object": "job", "id": "job_1", "status": "queued", "model": "m", "priority": "interactive",
+JOB: dict[str, Any] = {"object": "job", "id": "job_1", "status": "queued", "model": "m", "priority": "interactive",
        "created_at": "2026-01-01T00:00:00Z", "started_at": None, "finished_at": None, "attempts": 0, "output": None,
        "finish_reason": None, "usage": None, "result_uri": None, "error": None, "metadata": {}, "metrics": {}}
 
