@@ -275,8 +275,10 @@ def run(input: Annotated[Path, typer.Argument(help="JSONL of requests (or plain 
         finally:
             if bar:
                 bar.close()
-    err_console.print(f"done: {len(lines) - failed - left} succeeded, {failed} failed, {left} to retry (run again)",
-                      markup=False)
+    summary = f"done: {len(lines) - failed - left} succeeded, {failed} failed"
+    if left:
+        summary += f", {left} not finished (a transient error or a timeout): run the same command again"
+    err_console.print(summary, markup=False)
     if failed or left:
         raise typer.Exit(1)
 
