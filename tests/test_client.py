@@ -56,7 +56,7 @@ def test_submit_get_and_wait_by_long_poll_and_by_listener(stack: Stack, client: 
     assert job.status == "queued" and job.id.startswith("job_")
     log = RequestLog(client)
     done = client.wait(job.id, WAIT)  # listen=False: ?wait long-polls
-    assert done.status == "succeeded" and done.output is not None and done.usage is not None
+    assert done.status == "succeeded" and done.output is not None and done.usage is not None, done.error
     assert done.usage.completion_tokens <= 4 and done.metadata == {"test": "client"}
     assert log.long_polls() >= 1
     assert client.get(job.id).model_dump() == done.model_dump()
