@@ -87,7 +87,7 @@ def test_run_killed_midway_then_rerun_writes_every_line_once_and_submits_no_job_
     tag = uuid.uuid4().hex
     source, out = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
     count = 24
-    source.write_text("".join(json.dumps({"custom_id": f"p{i}", "prompt": f"Prompt {i}", "metadata": {"run": tag}})
+    source.write_text("".join(json.dumps({"custom_id": f"p{i}", "prompt": f"Prompt number {i} of this run:", "metadata": {"run": tag}})
                               + "\n" for i in range(count)))
     args = ["run", str(source), "-o", str(out), "--max-tokens", "8", "-c", "3"]
     env = {**os.environ, "LLMQ_STACK_JSON": str(stack.state_dir / "stack.json")}
