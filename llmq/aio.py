@@ -17,7 +17,7 @@ from llmq._listen import JobListener
 from llmq.batches import AsyncBatches
 from llmq.client import Via
 from llmq.config import Config, resolve
-from llmq.errors import APIConnectionError, ConfigurationError, LlmqError, WaitTimeoutError
+from llmq.errors import APIConnectionError, ConfigurationError, LlmqError, RateLimitError, WaitTimeoutError
 from llmq.progress import MapProgress
 from llmq.types import FINAL_JOB_STATUSES, Job, MapResult, Model
 
@@ -204,7 +204,12 @@ class AsyncClient:
                        timeout: float | None) -> MapResult:
         custom_id, key, body = _core.split_map_request(request, index, key_prefix)
         try:
-            job = await self._submit_body(body, key)
+            while True:
+                try:
+                    job = await self._submit_body(body, key)
+                    break
+                except RateLimitError as err:
+                    await asyncio.sleep(_core.retry_delay(0, err.retry_after))  # over quota: as long as it lasts
             if not job.done:
                 job = await self.wait(job.id, timeout)
             return MapResult(index=index, custom_id=custom_id, job=job)

@@ -19,7 +19,7 @@ from llmq import _core
 from llmq._listen import JobListener
 from llmq.batches import Batches
 from llmq.config import Config, resolve
-from llmq.errors import APIConnectionError, ConfigurationError, LlmqError, WaitTimeoutError
+from llmq.errors import APIConnectionError, ConfigurationError, LlmqError, RateLimitError, WaitTimeoutError
 from llmq.progress import MapProgress
 from llmq.types import FINAL_JOB_STATUSES, Job, MapResult, Model
 
@@ -210,7 +210,8 @@ class Client:
         input order: `MapResult.index` says which). Each request is a job body, plus optionally `custom_id`
         and `idempotency_key`. With `key_prefix`, every request gets a deterministic idempotency key (from the
         prefix, its custom_id or index, and its body), so a rerun after a crash attaches to the jobs already
-        submitted instead of submitting them again. 429s are retried after their Retry-After. A request that
+        submitted instead of submitting them again. A 429 (over quota) is retried after its Retry-After for as long
+        as it lasts, so the quota paces the run. A request that
         fails to submit or to finish is yielded with `error` set; map() itself goes on."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -243,7 +244,14 @@ class Client:
                  timeout: float | None) -> MapResult:
         custom_id, key, body = _core.split_map_request(request, index, key_prefix)
         try:
-            job = self._submit_body(body, key)
+            while True:
+                try:
+                    job = self._submit_body(body, key)
+                    break
+                except RateLimitError as err:
+                    # Over quota (submissions per minute, or queued jobs): wait as told for as long as it lasts;
+                    # the request's own retries have already been used.
+                    time.sleep(_core.retry_delay(0, err.retry_after))
             if not job.done:
                 job = self.wait(job.id, timeout)
             return MapResult(index=index, custom_id=custom_id, job=job)

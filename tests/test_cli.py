@@ -120,16 +120,18 @@ def test_run_killed_midway_then_rerun_writes_every_line_once_and_submits_no_job_
 
 def test_batch_create_watch_results_and_cancel(stack: Stack, tmp_path: Path) -> None:
     source = tmp_path / "batch.jsonl"
-    source.write_text(jsonl([chat_line(f"c{i}", f"Hi {i}", max_tokens=4) for i in range(3)]))
+    source.write_text(jsonl([*(chat_line(f"c{i}", f"Hi {i}", max_tokens=4) for i in range(3)), "not json"]))
     created = llmq(stack, "batch", "create", str(source), "--watch", "--timeout", "300")
     assert created.exit_code == 0, created.stderr
     batch_id, status, progress = created.stdout.split()[:3]
-    assert status == "completed" and progress == "3/3"
+    assert status == "completed" and progress == "4/4"
     status_json = json.loads(llmq(stack, "batch", "status", batch_id, "--json").stdout)
-    assert status_json["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
+    assert status_json["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
     results = llmq(stack, "batch", "results", batch_id)
     assert results.exit_code == 0
     assert sorted(json.loads(line)["custom_id"] for line in results.stdout.splitlines()) == ["c0", "c1", "c2"]
+    errors = llmq(stack, "batch", "results", batch_id, "--errors")
+    assert [json.loads(line)["error"]["code"] for line in errors.stdout.splitlines()] == ["invalid_json"]
     assert llmq(stack, "batch", "cancel", batch_id).stdout.split()[1] == "completed"
     missing = llmq(stack, "batch", "status", f"batch_{uuid.uuid4().hex}")
     assert missing.exit_code == 1 and "not_found" in missing.stderr

@@ -1,6 +1,6 @@
 """The llmq client against the local stack: every method, sync and async; wait through a Firestore
 listener and through `?wait` long-polls; map() with bounded concurrency and idempotent reruns; batches
-from a local file."""
+from a local file (the async client's here; the sync client's through the CLI, tests/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -159,14 +159,3 @@ def test_async_client_is_the_same_surface(stack: Stack, tmp_path: Path) -> None:
             assert (await client.batches.cancel(batch.id)).status == "completed"
 
     asyncio.run(go())
-
-
-def test_sync_batches_from_a_local_file(stack: Stack, client: llmq.Client, tmp_path: Path) -> None:
-    source = tmp_path / "batch.jsonl"
-    source.write_text(jsonl([chat_line("x", "Hi", max_tokens=4), chat_line("y", "Ho", max_tokens=4)]))
-    batch = client.batches.create(source)
-    assert client.batches.get(batch.id).id == batch.id
-    done = client.batches.wait(batch.id, 300)
-    assert done.status == "completed" and done.request_counts.completed == 2
-    assert sorted(line["custom_id"] for line in client.batches.results(batch.id)) == ["x", "y"]
-    assert list(client.batches.errors(batch.id)) == []

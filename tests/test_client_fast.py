@@ -159,3 +159,26 @@ def test_run_output_skips_written_lines_and_cuts_a_torn_one(tmp_path: Path) -> N
     out.write_text('{"custom_id": "a"}\n{"custom_id": "b"}\n{"custom_id": "c", "outp')
     assert runfile.done_ids(out) == {"a", "b"}
     assert out.read_text() == '{"custom_id": "a"}\n{"custom_id": "b"}\n'
+
+
+def test_the_client_package_imports_nothing_of_the_platform() -> None:
+    """A client installed elsewhere has only llmq/: it must not import jobs/, runner/, functions/, scripts/."""
+    import ast
+
+    platform = {"jobs", "runner", "functions", "scripts", "workflows", "pulumi", "tests"}
+    for path in Path(llmq.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not {n.split(".")[0] for n in names} & platform, (path.name, names)
+
+
+def test_map_waits_out_a_quota_for_as_long_as_it_lasts(scripted: list[ScriptedServer]) -> None:
+    over = (429, {"Retry-After": "0"}, _error("quota_exceeded"))
+    server = ScriptedServer([over, over, over, (202, {}, JOB), (200, {}, {**JOB, "status": "succeeded", "output": "o"})])
+    scripted.append(server)
+    with llmq.Client(server.url, "k", max_retries=0) as client:
+        [result] = list(client.map([{"prompt": "p", "custom_id": "a"}], key_prefix="run-1"))
+    assert result.succeeded and result.custom_id == "a" and result.job is not None and result.job.output == "o"
+    keys = {headers["Idempotency-Key"] for method, _, headers, _ in server.requests if method == "POST"}
+    assert len(keys) == 1 and server.requests[-1][1].startswith("/v1/jobs/job_1?wait=")
