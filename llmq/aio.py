@@ -19,7 +19,7 @@ from llmq.client import Via
 from llmq.config import Config, resolve
 from llmq.errors import APIConnectionError, ConfigurationError, LlmqError, RateLimitError, WaitTimeoutError
 from llmq.progress import MapProgress
-from llmq.types import FINAL_JOB_STATUSES, Job, MapResult, Model
+from llmq.types import Job, MapResult, Model
 
 log = logging.getLogger("llmq")
 
@@ -94,7 +94,8 @@ class AsyncClient:
     async def wait(self, job_id: str, timeout: float | None = None, *, via: Via = "auto") -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._use_listener(via):
-            listener, states = await self._open_listener(job_id)
+            changed = asyncio.Event()
+            listener = await self._open_listener(job_id, changed)
             try:
                 job = await self.get(job_id)
                 while not job.done:
@@ -102,13 +103,11 @@ class AsyncClient:
                     if remaining is not None and remaining <= 0:
                         raise WaitTimeoutError(job_id, timeout or 0)
                     try:
-                        status, _ = await asyncio.wait_for(states.get(), _core.LISTENER_RECHECK_SECONDS
-                                                           if remaining is None
-                                                           else min(remaining, _core.LISTENER_RECHECK_SECONDS))
-                        if status not in FINAL_JOB_STATUSES:
-                            continue
+                        await asyncio.wait_for(changed.wait(), _core.LISTENER_RECHECK_SECONDS if remaining is None
+                                               else min(remaining, _core.LISTENER_RECHECK_SECONDS))
                     except TimeoutError:
                         pass
+                    changed.clear()
                     job = await self.get(job_id)
                 return job
             finally:
@@ -128,47 +127,49 @@ class AsyncClient:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _core.POLL_MAX_SECONDS)
 
-    async def stream(self, job_id: str, *, timeout: float | None = None, via: Via = "auto") -> AsyncIterator[str]:
+    async def updates(self, job_id: str, *, timeout: float | None = None,
+                      via: Via = "auto") -> AsyncIterator[Job]:
+        """See Client.updates."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        sent = ""
+        changed: asyncio.Event | None = None
+        listener: JobListener | None = None
         if self._use_listener(via):
-            listener, states = await self._open_listener(job_id)
-            try:
+            changed = asyncio.Event()
+            listener = await self._open_listener(job_id, changed)
+        try:
+            last: tuple[str, str | None] | None = None
+            pause = _core.POLL_MIN_SECONDS
+            while True:
                 job = await self.get(job_id)
-                states.put_nowait((job.status, job.output))
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise WaitTimeoutError(job_id, timeout or 0)
+                if (job.status, job.output) != last:
+                    last, pause = (job.status, job.output), _core.POLL_MIN_SECONDS
+                    yield job
+                if job.done:
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeoutError(job_id, timeout or 0)
+                if changed is not None:
                     try:
-                        status, output = await asyncio.wait_for(
-                            states.get(), _core.LISTENER_RECHECK_SECONDS if remaining is None
-                            else min(remaining, _core.LISTENER_RECHECK_SECONDS))
+                        await asyncio.wait_for(changed.wait(), _core.LISTENER_RECHECK_SECONDS if remaining is None
+                                               else min(remaining, _core.LISTENER_RECHECK_SECONDS))
                     except TimeoutError:
-                        job = await self.get(job_id)
-                        status, output = job.status, job.output
-                    if status in FINAL_JOB_STATUSES:
-                        output = (await self.get(job_id)).output
-                    if delta := _core.stream_delta(sent, output, job_id):
-                        sent += delta
-                        yield delta
-                    if status in FINAL_JOB_STATUSES:
-                        return
-            finally:
+                        pass
+                    changed.clear()
+                else:
+                    await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+                    pause = min(pause * 2, _core.POLL_MAX_SECONDS)
+        finally:
+            if listener is not None:
                 listener.close()
-        pause = _core.POLL_MIN_SECONDS
-        while True:
-            job = await self.get(job_id)
+
+    async def stream(self, job_id: str, *, timeout: float | None = None, via: Via = "auto") -> AsyncIterator[str]:
+        """See Client.stream."""
+        sent = ""
+        async for job in self.updates(job_id, timeout=timeout, via=via):
             if delta := _core.stream_delta(sent, job.output, job_id):
                 sent += delta
                 yield delta
-                pause = _core.POLL_MIN_SECONDS
-            if job.done:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(job_id, timeout or 0)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, _core.POLL_MAX_SECONDS)
 
     async def map(self, requests: Iterable[dict[str, Any]], *, concurrency: int = 8, key_prefix: str | None = None,
                   timeout: float | None = None, progress: bool = False,
@@ -216,15 +217,13 @@ class AsyncClient:
         except LlmqError as err:
             return MapResult(index=index, custom_id=custom_id, error=err)
 
-    async def _open_listener(self, job_id: str) -> tuple[JobListener, asyncio.Queue[tuple[str, str | None]]]:
-        # Opening a listener makes the Firestore client (blocking I/O); the callbacks come back on this loop.
+    async def _open_listener(self, job_id: str, changed: asyncio.Event) -> JobListener:
+        """A listener that sets `changed` on this loop at every snapshot (opening it makes the Firestore
+        client: blocking I/O, so in a thread)."""
         loop = asyncio.get_running_loop()
-        states: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
         assert self.config.firestore is not None
-        access = self.config.firestore
-        listener = await asyncio.to_thread(
-            JobListener, access, job_id, lambda s, o: loop.call_soon_threadsafe(states.put_nowait, (s, o)))
-        return listener, states
+        return await asyncio.to_thread(JobListener, self.config.firestore, job_id,
+                                       lambda _s, _o: loop.call_soon_threadsafe(changed.set))
 
     async def close(self) -> None:
         await self._http.aclose()

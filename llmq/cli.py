@@ -170,13 +170,12 @@ def get(job_id: str, wait: Annotated[bool, typer.Option("--wait", help="wait unt
 
 @app.command()
 def watch(job_id: str, timeout: Annotated[float | None, typer.Option(help="seconds at most")] = None) -> None:
-    """Follow a job live: its status changes on stderr, its output on stdout as it grows."""
+    """Follow a job live: its status changes on stderr, its output on stdout as it grows (through a Firestore
+    listener where the client can read the database, else by polling)."""
     with _client() as client:
+        status, shown = "", ""
         try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            status, shown, pause = "", "", 0.25
-            while True:
-                job = client.get(job_id)
+            for job in client.updates(job_id, timeout=timeout):
                 if job.status != status:
                     status = job.status
                     err_console.print(f"[{time.strftime('%H:%M:%S')}] {job.id} {status}", markup=False)
@@ -184,13 +183,7 @@ def watch(job_id: str, timeout: Annotated[float | None, typer.Option(help="secon
                 if output.startswith(shown) and len(output) > len(shown):
                     sys.stdout.write(output[len(shown):])
                     sys.stdout.flush()
-                    shown, pause = output, 0.25
-                if job.done:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    _fail(f"{job_id} still {status} after {timeout:g}s")
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
+                    shown = output
         except LlmqError as err:
             _fail(err)
         if shown:

@@ -4,7 +4,6 @@ stack's stack.json). Its twin with the same surface is llmq.aio.AsyncClient."""
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -156,51 +155,51 @@ class Client:
         finally:
             listener.close()
 
+    def updates(self, job_id: str, *, timeout: float | None = None, via: Via = "auto") -> Iterator[Job]:
+        """Yield the job's view now and each time its status or output changes, ending with its final view.
+        A Firestore listener says when to read it again where the client can read the database (`via`, as for
+        wait()); otherwise it is polled with backoff. Raises WaitTimeoutError past `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed: threading.Event | None = None
+        listener: JobListener | None = None
+        if self._use_listener(via):
+            assert self.config.firestore is not None
+            changed = threading.Event()
+            listener = JobListener(self.config.firestore, job_id, lambda _s, _o: changed.set())
+        try:
+            last: tuple[str, str | None] | None = None
+            pause = _core.POLL_MIN_SECONDS
+            while True:
+                job = self.get(job_id)
+                if (job.status, job.output) != last:
+                    last, pause = (job.status, job.output), _core.POLL_MIN_SECONDS
+                    yield job
+                if job.done:
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise WaitTimeoutError(job_id, timeout or 0)
+                if changed is not None:
+                    # The listener wakes us on a change; the recheck covers a change it missed.
+                    changed.wait(_core.LISTENER_RECHECK_SECONDS if remaining is None
+                                 else min(remaining, _core.LISTENER_RECHECK_SECONDS))
+                    changed.clear()
+                else:
+                    time.sleep(pause if remaining is None else min(pause, remaining))
+                    pause = min(pause * 2, _core.POLL_MAX_SECONDS)
+        finally:
+            if listener is not None:
+                listener.close()
+
     def stream(self, job_id: str, *, timeout: float | None = None, via: Via = "auto") -> Iterator[str]:
         """Yield the job's text as it grows (deltas), until it is final. A job submitted with `stream=True`
-        grows about once a second; any other yields its whole output at the end. Raises JobError-free: check
-        `get()` for how it ended; WaitTimeoutError past `timeout`; StreamDivergedError if the output restarted."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        grows about once a second; any other yields its whole output at the end. Check get() for how it
+        ended. Raises WaitTimeoutError past `timeout`, StreamDivergedError if the output restarted."""
         sent = ""
-        if self._use_listener(via):
-            states: queue.Queue[tuple[str, str | None]] = queue.Queue()
-            assert self.config.firestore is not None
-            listener = JobListener(self.config.firestore, job_id, lambda s, o: states.put((s, o)))
-            try:
-                job = self.get(job_id)
-                states.put((job.status, job.output))
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise WaitTimeoutError(job_id, timeout or 0)
-                    try:
-                        status, output = states.get(timeout=_core.LISTENER_RECHECK_SECONDS if remaining is None
-                                                    else min(remaining, _core.LISTENER_RECHECK_SECONDS))
-                    except queue.Empty:
-                        job = self.get(job_id)
-                        status, output = job.status, job.output
-                    if status in FINAL_JOB_STATUSES:
-                        output = self.get(job_id).output  # the final text, from the API
-                    if delta := _core.stream_delta(sent, output, job_id):
-                        sent += delta
-                        yield delta
-                    if status in FINAL_JOB_STATUSES:
-                        return
-            finally:
-                listener.close()
-        pause = _core.POLL_MIN_SECONDS
-        while True:
-            job = self.get(job_id)
+        for job in self.updates(job_id, timeout=timeout, via=via):
             if delta := _core.stream_delta(sent, job.output, job_id):
                 sent += delta
                 yield delta
-                pause = _core.POLL_MIN_SECONDS
-            if job.done:
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(job_id, timeout or 0)
-            time.sleep(pause)
-            pause = min(pause * 2, _core.POLL_MAX_SECONDS)
 
     # -- many jobs --------------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ def test_run_killed_midway_then_rerun_writes_every_line_once_and_submits_no_job_
     args = ["run", str(source), "-o", str(out), "--max-tokens", "8", "-c", "3"]
     env = {**os.environ, "LLMQ_STACK_JSON": str(stack.state_dir / "stack.json")}
     env.pop("LLMQ_BASE_URL", None)
+    env.pop("LLMQ_API_KEY", None)
     first = subprocess.Popen([sys.executable, "-m", "llmq", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120

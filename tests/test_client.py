@@ -5,6 +5,7 @@ from a local file (the async client's here; the sync client's through the CLI, t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +73,7 @@ def test_submit_get_and_wait_by_long_poll_and_by_listener(stack: Stack, client: 
         assert done.status == "succeeded" and log.long_polls() == 0
 
 
-def test_stream_yields_deltas_that_add_up_to_the_output(stack: Stack, client: llmq.Client) -> None:
+def test_stream_yields_deltas_that_add_up_to_the_output_and_updates_each_change(stack: Stack, client: llmq.Client) -> None:
     with _client(stack) as listening:
         paths: list[tuple[Via, llmq.Client]] = [("poll", client), ("listener", listening)]
         for via, c in paths:
@@ -80,6 +81,10 @@ def test_stream_yields_deltas_that_add_up_to_the_output(stack: Stack, client: ll
             deltas = list(c.stream(job.id, timeout=WAIT, via=via))
             final = c.get(job.id)
             assert final.status == "succeeded" and "".join(deltas) == final.output and all(deltas), via
+            job = c.submit(HELLO, max_tokens=8)
+            views = list(c.updates(job.id, timeout=WAIT, via=via))
+            assert views[-1].status == "succeeded" and views[-1].output, via
+            assert all((a.status, a.output) != (b.status, b.output) for a, b in itertools.pairwise(views))
 
 
 def test_cancel_and_models_and_errors(stack: Stack, client: llmq.Client) -> None:
@@ -136,6 +141,8 @@ def test_async_client_is_the_same_surface(stack: Stack, tmp_path: Path) -> None:
                 job = await client.submit("Stream a short line, please:", max_tokens=16, stream=True)
                 deltas = [d async for d in client.stream(job.id, timeout=WAIT, via=via)]
                 assert "".join(deltas) == (await client.get(job.id)).output
+                views = [view async for view in client.updates(job.id, timeout=WAIT, via=via)]
+                assert [view.status for view in views] == ["succeeded"]  # it had ended: one view, the final one
             job = await client.submit("A long story begins:", max_tokens=LONG_TOKENS, temperature=0)
             assert (await client.cancel(job.id)).status == "cancelled"
             assert (await client.models())[0].id == stack.info["model"]
