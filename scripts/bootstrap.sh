@@ -17,6 +17,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
   echo "$want" > "$stamp"
 fi
+# The llmq client and its `llmq` command, from this checkout (editable: the command runs this tree's code).
+if ! .venv/bin/python -c "import llmq, pathlib, sys; sys.exit(pathlib.Path(llmq.__file__).resolve().parent != pathlib.Path('llmq').resolve())" 2>/dev/null \
+    || [ ! -x .venv/bin/llmq ]; then
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+fi
 # The PyPI workflows-emulator runs workflows/nightly_batch.yaml in the tests, from a virtualenv of its own
 # (.local/workflows-emulator: its fastapi pin conflicts with this project's starlette).
 .venv/bin/python -c "from workflows.local_driver import emulator; emulator()"

@@ -1,6 +1,7 @@
-"""The demo: submit a handful of prompts over HTTP to the local stack, watch each job's Firestore
-document with on_snapshot listeners, and print the status transitions, outputs and timings; then the
-same platform through OpenAI's own SDK at the stack's one URL (a chat completion, and a streamed one).
+"""The demo: submit a handful of prompts to the local stack with the llmq client, watch each job's
+Firestore document with on_snapshot listeners, and print the status transitions, outputs and timings;
+then the client's own ways to wait (a `?wait` long-poll), stream and run many prompts at once (map); then
+the same platform through OpenAI's own SDK at the stack's one URL (a chat completion, and a streamed one).
 
 Uses the running stack found in <state dir>/stack.json, or starts one for the demo and stops it
 afterwards. Exits 0 when every job succeeded and its GCS result matches its document.
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llmq
 from scripts.stack_client import JobWatcher, Stack, running_stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ PROMPTS: list[dict[str, Any]] = [
 def run_demo(stack: Stack, timeout: float) -> bool:
     db = stack.firestore()
     ok = True
-    with stack.http() as client:
+    with llmq.Client(stack_json=str(stack.state_dir / "stack.json")) as client:
         submitted: dict[str, float] = {}
         labels: dict[str, str] = {}
 
@@ -49,16 +51,16 @@ def run_demo(stack: Stack, timeout: float) -> bool:
         with JobWatcher(db, on_change=on_change) as watcher:
             for body in PROMPTS:
                 t0 = time.monotonic()
-                response = stack.submit(client, body)
-                if response.status_code != 202:
-                    print(f"submit failed: {response.status_code} {response.text}")
+                try:
+                    job = client.submit(**body)
+                except llmq.LlmqError as err:
+                    print(f"submit failed: {err}")
                     return False
-                job = response.json()
-                submitted[job["id"]] = t0
-                labels[job["id"]] = body["metadata"]["demo"]
-                print(f"{labels[job['id']]:>18}  +{time.monotonic() - t0:6.2f}s  submitted (202) as {job['id']}",
+                submitted[job.id] = t0
+                labels[job.id] = body["metadata"]["demo"]
+                print(f"{labels[job.id]:>18}  +{time.monotonic() - t0:6.2f}s  submitted ({job.status}) as {job.id}",
                       flush=True)
-                watcher.add(job["id"])
+                watcher.add(job.id)
             if not watcher.wait(timeout):
                 print(f"not all jobs finished within {timeout}s")
                 return False
@@ -87,9 +89,24 @@ def run_demo(stack: Stack, timeout: float) -> bool:
                 print(f"  result: {doc['result_uri']} ({result['object']}; matches the document: {matches})")
             # The same job through the status function, as a client without Firestore access would.
             any_id = next(iter(submitted))
-            view = stack.job(client, any_id, wait=5).json()
-            print(f"\nGET /v1/jobs/{any_id} -> {view['status']}")
+            print(f"\nclient.wait({any_id}, via='poll') (GET /v1/jobs/{{id}}?wait) -> "
+                  f"{client.wait(any_id, 5, via='poll').status}")
+        ok &= client_demo(client)
     return ok and openai_sdk_demo(stack)
+
+
+def client_demo(client: llmq.Client) -> bool:
+    """What the llmq client adds over plain HTTP: a stream of deltas, and many prompts at once."""
+    job = client.submit("Tell me about queues.", max_tokens=48, stream=True)
+    deltas = list(client.stream(job.id, timeout=120))
+    print(f"client.stream({job.id}) -> {len(deltas)} deltas: {''.join(deltas)[:60]!r}")
+    requests = [{"custom_id": f"q{i}", "prompt": f"Fact number {i}:", "max_tokens": 16} for i in range(8)]
+    started = time.monotonic()
+    results = list(client.map(requests, concurrency=4, timeout=120))
+    good = sum(r.succeeded for r in results)
+    print(f"client.map(8 prompts, concurrency=4) -> {good}/8 succeeded in {time.monotonic() - started:.1f}s "
+          f"(as they completed: {', '.join(r.custom_id or '' for r in results)})")
+    return bool(deltas) and good == len(requests)
 
 
 def openai_sdk_demo(stack: Stack) -> bool:
