@@ -41,6 +41,7 @@ class AsyncClient:
 
     async def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                       headers: dict[str, str] | None = None, timeout: float | None = None,
+                      files: dict[str, Any] | None = None, data: dict[str, str] | None = None,
                       retries: int | None = None) -> Any:
         retries = self.max_retries if retries is None else retries
         attempt = 0
@@ -48,7 +49,7 @@ class AsyncClient:
             try:
                 try:
                     response = await self._http.request(
-                        method, path, json=json, params=params, headers=headers,
+                        method, path, json=json, params=params, headers=headers, files=files, data=data,
                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 except httpx.TransportError as err:
                     raise APIConnectionError(f"{method} {path}: {err!r}") from err

@@ -1,9 +1,9 @@
 """Batches (`client.batches`): create one from a local JSONL file or a gs:// object, watch its
-request_counts, read its result lines, cancel it. Kept in this one module because the batch API is
-moving to OpenAI's Files/Batches shape: a local file is sent inline (`input_jsonl`) today and will be
-uploaded through /v1/files then; results are read from `output_file_id` when the server names one,
-otherwise from the gs:// `output_uri` (which needs Cloud Storage access: a local stack's emulator, or
-Application Default Credentials)."""
+request_counts, read its result lines, cancel it. A local file whose lines all name one endpoint is
+uploaded (POST /v1/files) and batched by its `input_file_id`, as OpenAI's SDK does; one that mixes chat and
+completion lines goes inline (llmq's `input_jsonl`). Results are read from `output_file_id` when the server
+names one, otherwise from the gs:// `output_uri` (which needs Cloud Storage access: a local stack's emulator,
+or Application Default Credentials)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,37 @@ BATCH_POLL_MAX_SECONDS = 5.0
 
 def create_body(file: str | os.PathLike[str] | None, input_uri: str | None,
                 metadata: dict[str, str] | None) -> dict[str, Any]:
+    """The body of POST /v1/batches for a gs:// object, or for a local file sent inline."""
     if (file is None) == (input_uri is None):
         raise ValueError("give exactly one of file and input_uri")
     body: dict[str, Any] = {"input_uri": input_uri} if input_uri else {"input_jsonl": Path(file or "").read_text()}
+    if metadata:
+        body["metadata"] = metadata
+    return body
+
+
+def single_endpoint(file: str | os.PathLike[str]) -> str | None:
+    """The one `url` every line of the file names (an OpenAI batch has one endpoint), else None."""
+    urls: set[str] = set()
+    with open(file, "rb") as lines:
+        for raw in lines:
+            try:
+                url = json.loads(raw).get("url") if raw.strip() else None
+            except (ValueError, AttributeError):
+                continue  # the server puts it in the error file
+            if isinstance(url, str):
+                urls.add(url)
+    return next(iter(urls)) if len(urls) == 1 else None
+
+
+def upload_parts(file: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The multipart form of POST /v1/files (the bytes read once, so that a retry sends them again)."""
+    path = Path(file)
+    return {"file": (path.name, path.read_bytes(), "application/jsonl")}, {"purpose": "batch"}
+
+
+def file_batch_body(file_id: str, endpoint: str, metadata: dict[str, str] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"input_file_id": file_id, "endpoint": endpoint}
     if metadata:
         body["metadata"] = metadata
     return body
@@ -83,8 +111,14 @@ class Batches:
     def create(self, file: str | os.PathLike[str] | None = None, *, input_uri: str | None = None,
                metadata: dict[str, str] | None = None) -> Batch:
         """Start a batch from a local OpenAI-format JSONL file or a gs:// object of the batch bucket."""
-        return Batch.model_validate(self._client.request("POST", "/v1/batches",
-                                                         json=create_body(file, input_uri, metadata)))
+        endpoint = single_endpoint(file) if file is not None and input_uri is None else None
+        if file is not None and endpoint is not None:
+            files, form = upload_parts(file)
+            uploaded = self._client.request("POST", "/v1/files", files=files, data=form)
+            body = file_batch_body(uploaded["id"], endpoint, metadata)
+        else:
+            body = create_body(file, input_uri, metadata)
+        return Batch.model_validate(self._client.request("POST", "/v1/batches", json=body))
 
     def get(self, batch_id: str) -> Batch:
         return Batch.model_validate(self._client.request("GET", f"/v1/batches/{batch_id}"))
@@ -131,7 +165,13 @@ class AsyncBatches:
 
     async def create(self, file: str | os.PathLike[str] | None = None, *, input_uri: str | None = None,
                      metadata: dict[str, str] | None = None) -> Batch:
-        body = await asyncio.to_thread(create_body, file, input_uri, metadata)
+        endpoint = await asyncio.to_thread(single_endpoint, file) if file is not None and input_uri is None else None
+        if file is not None and endpoint is not None:
+            files, form = await asyncio.to_thread(upload_parts, file)
+            uploaded = await self._client.request("POST", "/v1/files", files=files, data=form)
+            body = file_batch_body(uploaded["id"], endpoint, metadata)
+        else:
+            body = await asyncio.to_thread(create_body, file, input_uri, metadata)
         return Batch.model_validate(await self._client.request("POST", "/v1/batches", json=body))
 
     async def get(self, batch_id: str) -> Batch:

@@ -49,6 +49,7 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                 headers: dict[str, str] | None = None, timeout: float | None = None, content: bytes | None = None,
+                files: dict[str, Any] | None = None, data: dict[str, str] | None = None,
                 retries: int | None = None) -> Any:
         """One API call, retried on 429/502/503 and connection errors (after Retry-After, else backoff).
         Returns the parsed JSON body; raises the error family's exception (llmq.errors)."""
@@ -58,7 +59,7 @@ class Client:
             try:
                 try:
                     response = self._http.request(method, path, json=json, params=params, headers=headers,
-                                                  content=content,
+                                                  content=content, files=files, data=data,
                                                   timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT)
                 except httpx.TransportError as err:
                     raise APIConnectionError(f"{method} {path}: {err!r}") from err

@@ -128,6 +128,8 @@ def test_batch_create_watch_results_and_cancel(stack: Stack, tmp_path: Path) -> 
     assert status == "completed" and progress == "4/4"
     status_json = json.loads(llmq(stack, "batch", "status", batch_id, "--json").stdout)
     assert status_json["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    # One endpoint in every line: uploaded through the Files API and batched by its id, as OpenAI's SDK does.
+    assert status_json["input_file_id"].startswith("file-") and status_json["endpoint"] == "/v1/chat/completions"
     results = llmq(stack, "batch", "results", batch_id)
     assert results.exit_code == 0
     assert sorted(json.loads(line)["custom_id"] for line in results.stdout.splitlines()) == ["c0", "c1", "c2"]
