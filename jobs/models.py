@@ -299,6 +299,7 @@ class JobRecord(BaseModel):
     lease_expires_at: datetime | None = None
     runner_instance: str | None = None
     republished_at: datetime | None = None  # the reconciler's last re-publish (at most one per period)
+    trace_id: str | None = None  # the job's trace (W3C, 32 hex digits) across every hop (jobs/tracing.py)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=False)
@@ -329,6 +330,8 @@ class JobView(BaseModel):
     metadata: dict[str, str]
     metrics: dict[str, float]
     deadline_at: datetime | None = None
+    trace_id: str | None = Field(default=None, description="The job's trace across every hop: W3C trace id, "
+                                 "32 hex digits (Cloud Trace; locally `python -m scripts.trace JOB_ID`)")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -343,7 +346,9 @@ class JobMessage(BaseModel):
     tenant: str
     model: str
     request: JobRequest
+    # The trace context (W3C `traceparent`) the message carries in its attributes, not in its body.
+    trace_headers: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     def attributes(self) -> dict[str, str]:
         # Attributes let subscriptions filter by model (one runner service per model).
-        return {"job_id": self.job_id, "model": self.model, "priority": self.request.priority}
+        return {**self.trace_headers, "job_id": self.job_id, "model": self.model, "priority": self.request.priority}
