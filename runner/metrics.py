@@ -29,12 +29,15 @@ TIME_TO_FIRST_TOKEN = Histogram("llmq_time_to_first_token_seconds", "From the en
                                 buckets=_SECONDS, registry=REGISTRY)
 GENERATION = Histogram("llmq_generation_seconds", "Time in the engine, per job", buckets=_SECONDS,
                        registry=REGISTRY)
+JOB_LATENCY = Histogram("llmq_job_latency_seconds", "From submission to the finished document, per job",
+                        buckets=_SECONDS, registry=REGISTRY)
 TOKENS_PER_SECOND = Histogram("llmq_tokens_per_second", "Completion tokens per second of generation, per job",
                               buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500), registry=REGISTRY)
 
 
-def observe_job(timings: dict[str, float]) -> None:
-    """A finished generation's timings (the job document's `metrics`)."""
+def observe_job(timings: dict[str, float], *, latency_seconds: float) -> None:
+    """A finished job: its end-to-end latency and its generation's timings (the job document's `metrics`)."""
+    JOB_LATENCY.observe(latency_seconds)
     QUEUE_WAIT.observe(timings["queue_seconds"])
     TIME_TO_FIRST_TOKEN.observe(timings["time_to_first_token_seconds"])
     GENERATION.observe(timings["generation_seconds"])

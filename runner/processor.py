@@ -350,7 +350,7 @@ class JobProcessor:
             )
             tracing.record_outcome(span, "succeeded" if changed else "lease lost")
         if changed:
-            metrics.observe_job(timings)
+            metrics.observe_job(timings, latency_seconds=(now - record.created_at).total_seconds())
         self._count_end("succeeded" if changed else None)
         log.info("finished" if changed else "lease lost before finish; result dropped",
                  extra={"job_id": record.id, "delivery": owner, "outcome": finish_reason})
