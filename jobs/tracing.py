@@ -37,6 +37,7 @@ from jobs import logs
 
 TraceExporter = Literal["none", "file", "gcp"]
 JOB_ID = "llmq.job_id"  # the span attribute that names the job (`scripts/trace.py` finds a job's trace by it)
+BATCH_ID = "llmq.batch_id"  # ...and the batch, on the span of a batch runner's run over its file
 
 _propagator = TraceContextTextMapPropagator()
 _configured = False

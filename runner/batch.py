@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from jobs import batches
+from jobs import batches, tracing
 from jobs.adapters.batch_files import BatchFiles, Location, OutputLog
 from jobs.adapters.batch_store import ThrottledProgress
 from jobs.batch_state import BatchStatus
@@ -522,7 +522,17 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
         runner = BatchRunner(settings=settings, engine=get_engine, files=files, store=store, file_store=file_store,
                              input_uri=input_uri, output_prefix=output_prefix, batch_id=batch_id,
                              progress_bar=progress_bar)
-        return await runner.run()
+        # One span per file (this task's share of it), with its line counts: a batch's lines are not spans
+        # of their own, or a 50 000-line file would make a trace no viewer can draw.
+        with tracing.tracer().start_as_current_span("batch", attributes={
+                tracing.BATCH_ID: batch_id or "", "llmq.input_uri": input_uri,
+                "llmq.task_index": settings.task_index, "llmq.task_count": settings.task_count}) as span:
+            outcome = await runner.run()
+            span.set_attributes({"llmq.lines.total": outcome.counts.total,
+                                 "llmq.lines.completed": outcome.counts.completed,
+                                 "llmq.lines.failed": outcome.counts.failed})
+            tracing.record_outcome(span, outcome.status.value)
+            return outcome
     finally:
         for own in started:
             await own.shutdown()
@@ -542,8 +552,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_id is not None and not is_batch_id(args.batch_id):
         parser.error("--batch-id must look like batch_<letters, digits, - or _>")
     configure_logging()
+    settings = batch_settings()
+    tracing.configure_tracing("batch", exporter=settings.trace_exporter, directory=settings.trace_dir,
+                              project=settings.project)
     try:
-        outcome = asyncio.run(run_batch(batch_settings(), input_uri=args.input, output_prefix=args.output,
+        outcome = asyncio.run(run_batch(settings, input_uri=args.input, output_prefix=args.output,
                                         batch_id=args.batch_id, progress_bar=sys.stderr.isatty()))
     except (EngineDead, DependencyUnavailable) as err:
         log.error("batch stopped by a transient fault; run it again to resume: %s", err)

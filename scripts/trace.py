@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from jobs.tracing import JOB_ID
+from jobs.tracing import BATCH_ID, JOB_ID
 
 REPO = Path(__file__).resolve().parents[1]
 BAR_WIDTH = 40
@@ -55,9 +55,10 @@ def read_spans(trace_dir: Path) -> list[dict[str, Any]]:
 
 
 def job_trace(spans: Iterable[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
-    """The spans of the job's trace: every span of each trace in which a span names the job."""
+    """The spans of the job's trace (or a batch's): every span of each trace in which a span names it."""
     spans = list(spans)
-    traces = {s["trace_id"] for s in spans if s.get("attributes", {}).get(JOB_ID) == job_id}
+    traces = {s["trace_id"] for s in spans
+              if job_id in (s.get("attributes", {}).get(JOB_ID), s.get("attributes", {}).get(BATCH_ID))}
     return sorted((s for s in spans if s["trace_id"] in traces), key=lambda s: (s["start"], s["end"]))
 
 
@@ -117,7 +118,7 @@ def waterfall(spans: list[dict[str, Any]], job_id: str) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("job_id")
+    parser.add_argument("job_id", help="a job id (or a batch id: its runs over its file, with line counts)")
     parser.add_argument("--state-dir", type=Path, default=REPO / ".local", help="the local stack's state dir")
     parser.add_argument("--wait", type=float, default=0.0,
                         help="wait up to this many seconds for the job's spans to appear")

@@ -4,6 +4,7 @@ pure parts of `scripts.trace` and `scripts.top` (span files, waterfall, histogra
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -23,8 +24,11 @@ from rich.console import Console
 from jobs import lifecycle, tracing
 from jobs.logs import JsonFormatter
 from jobs.models import JobMessage
+from runner.batch import run_batch
+from runner.batch_settings import BatchSettings
 from scripts import top
 from scripts import trace as trace_script
+from tests.memory import InMemoryEngine
 from tests.test_runner_fast import Runner, runner  # noqa: F401  (the fixture: a runner over in-memory ports)
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -169,3 +173,18 @@ def test_histogram_quantiles_as_prometheus_computes_them() -> None:
     assert top.quantile(0.99, buckets) == pytest.approx(0.99)
     assert top.quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None
     assert top.quantile(0.99, [(1.0, 1.0), (float("inf"), 10.0)]) == 1.0
+
+
+def test_a_batch_run_is_one_span_per_file_with_its_line_counts(
+        tmp_path: Path, exported: InMemorySpanExporter) -> None:
+    good = {"method": "POST", "url": "/v1/completions", "body": {"prompt": "two words", "max_tokens": 3}}
+    lines = [json.dumps({"custom_id": f"c{i}", **good}) for i in range(3)] + ["not json"]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    outcome = asyncio.run(run_batch(BatchSettings(model_name="tiny-llama"), input_uri=str(tmp_path / "in.jsonl"),
+                                    output_prefix=str(tmp_path / "out"), engine=InMemoryEngine()))
+    assert (outcome.counts.total, outcome.counts.completed, outcome.counts.failed) == (4, 3, 1)
+    (span,) = [s for s in exported.get_finished_spans()
+               if s.name == "batch" and s.attributes["llmq.input_uri"] == str(tmp_path / "in.jsonl")]  # type: ignore[index]
+    assert {k: span.attributes[k] for k in ("llmq.lines.total", "llmq.lines.completed",  # type: ignore[index]
+                                            "llmq.lines.failed", "llmq.outcome")} == {
+        "llmq.lines.total": 4, "llmq.lines.completed": 3, "llmq.lines.failed": 1, "llmq.outcome": "completed"}

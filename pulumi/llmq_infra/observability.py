@@ -96,8 +96,8 @@ def dashboard_json(title: str, services: Sequence[str], subscriptions: Sequence[
     ]
     runner_metrics = [
         _chart("Jobs in flight per runner instance", prometheus_filter("llmq_inflight", "gauge"),
-               "ALIGN_MAX", "REDUCE_MAX", ["metric.label.instance"], 0, 64),
-        _chart("Engine: requests running and waiting", prometheus_filter("llmq_engine_waiting", "gauge"),
+               "ALIGN_MAX", "REDUCE_MAX", ["resource.label.instance"], 0, 64),
+        _chart("Engine: requests waiting to run", prometheus_filter("llmq_engine_waiting", "gauge"),
                "ALIGN_MAX", "REDUCE_SUM", [], 24, 64),
         _chart("Time to first token p99 (s)", prometheus_filter("llmq_time_to_first_token_seconds", "histogram"),
                "ALIGN_DELTA", "REDUCE_PERCENTILE_99", [], 0, 80),
