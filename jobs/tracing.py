@@ -52,6 +52,8 @@ def configure_tracing(service: str, *, exporter: TraceExporter, directory: str =
     """Install the process's tracer provider once (later calls do nothing), and tell the log formatter the
     project its trace field names."""
     global _configured
+    if exporter == "file" and not directory:
+        raise ValueError("the file trace exporter needs a directory (LLMQ_TRACE_DIR)")
     with _lock:
         if _configured:
             return
@@ -59,8 +61,6 @@ def configure_tracing(service: str, *, exporter: TraceExporter, directory: str =
     logs.set_trace_project(project)
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if exporter == "file":
-        if not directory:
-            raise ValueError("the file trace exporter needs a directory (LLMQ_TRACE_DIR)")
         path = Path(directory) / f"{service}-{os.getpid()}.jsonl"
         # Flushed about once a second, so that `scripts.trace` sees a job's spans soon after it ends.
         provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(path), schedule_delay_millis=1000))

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
+from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from jobs import lifecycle, tracing
@@ -56,7 +57,8 @@ class JobProcessor:
         self._slot_freed = asyncio.Condition()
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
         self.instance = f"runner-{uuid.uuid4().hex[:12]}"
-        self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
+        # job id -> (lease owner, engine request id, its generate span: a cancellation is logged in the job's trace)
+        self._running: dict[str, tuple[str, str, Span]] = {}
         self._leases: dict[str, Lease] = {}  # delivery -> its lease, as last written by that delivery
         self._stop_watching: Callable[[], None] | None = None
 
@@ -77,7 +79,8 @@ class JobProcessor:
     def _abort_cancelled(self, job_id: str, owner: str) -> None:
         held = self._running.get(job_id)
         if held is not None and held[0] == owner:
-            log.info("cancelled by the client; aborting", extra={"job_id": job_id, "delivery": owner})
+            with trace.use_span(held[2]):
+                log.info("cancelled by the client; aborting", extra={"job_id": job_id, "delivery": owner})
             asyncio.ensure_future(self._engine.abort(held[1]))
 
     @property
@@ -232,7 +235,7 @@ class JobProcessor:
         background = [asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))]
         if record.stream:
             background.append(asyncio.create_task(self._stream(record.id, owner, lambda: last)))
-        self._running[record.id] = (owner, request.request_id)
+        self._running[record.id] = (owner, request.request_id, span)
         try:
             async with asyncio.timeout(self._settings.generation_timeout_seconds):
                 async for update in self._engine.generate(request):

@@ -22,8 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rich.console import Console
 
 from jobs import lifecycle, tracing
+from jobs.deadletters import DELIVERY_COUNT_ATTRIBUTE, handle_dead_letter
 from jobs.logs import JsonFormatter
 from jobs.models import JobMessage
+from jobs.push import PushEnvelope
 from runner.batch import run_batch
 from runner.batch_settings import BatchSettings
 from scripts import top
@@ -188,3 +190,17 @@ def test_a_batch_run_is_one_span_per_file_with_its_line_counts(
     assert {k: span.attributes[k] for k in ("llmq.lines.total", "llmq.lines.completed",  # type: ignore[index]
                                             "llmq.lines.failed", "llmq.outcome")} == {
         "llmq.lines.total": 4, "llmq.lines.completed": 3, "llmq.lines.failed": 1, "llmq.outcome": "completed"}
+
+
+def test_a_dead_letter_ends_the_jobs_trace(runner: Runner, exported: InMemorySpanExporter) -> None:  # noqa: F811
+    message = runner.submit()
+    record = runner.store.get(message.job_id)
+    assert record is not None and record.trace_id is not None
+    envelope = PushEnvelope.model_validate({"message": {
+        "data": base64.b64encode(message.model_dump_json().encode()).decode(),
+        "attributes": {**message.attributes(), DELIVERY_COUNT_ATTRIBUTE: "15"}}})
+    assert handle_dead_letter(runner.store, envelope, now=datetime.now(UTC)) == "marked dead_lettered"
+    (span,) = [s for s in exported.get_finished_spans()
+               if s.name == "dead_letter" and s.attributes[tracing.JOB_ID] == message.job_id]  # type: ignore[index]
+    assert trace.format_trace_id(span.context.trace_id) == record.trace_id
+    assert span.attributes["llmq.outcome"] == "marked dead_lettered"  # type: ignore[index]

@@ -724,7 +724,9 @@ def test_traces_go_to_cloud_trace_from_every_process_that_makes_spans(deployment
     trace_writers = {g.inputs["member"] for g in deployment.of("gcp:projects/iAMMember:IAMMember")
                      if g.inputs["role"] == "roles/cloudtrace.agent"}
     runner_member = "serviceAccount:" + runner(deployment).inputs["template"]["serviceAccount"]
-    assert trace_writers == {deployment.account("llmq-submit"), deployment.account("llmq-completions"), runner_member}
+    assert trace_writers == {deployment.account(f"llmq-{n}") for n in ("submit", "completions", "deadletter",
+                                                                       "reconcile", "batch")} | {runner_member}
+    assert env_of(deployment.one(JOB).inputs["template"]["template"]["containers"][0])["LLMQ_TRACE_EXPORTER"] == "gcp"
 
 
 def test_runner_metrics_reach_managed_prometheus_through_its_sidecar(deployment: Deployment) -> None:
