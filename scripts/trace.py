@@ -100,7 +100,7 @@ def waterfall(spans: list[dict[str, Any]], job_id: str) -> Table:
 
     def add(line: SpanLine, depth: int) -> None:
         r = line.record
-        events = [e for e in r.get("events", [])]
+        events = r.get("events", [])
         name = "  " * depth + r["name"] + ("  ✗" if r.get("status") == "ERROR" else "")
         notes = "".join(f"  ◆ {e['name']} +{(e['time'] - line.start) / 1e6:.1f} ms" for e in events)
         outcome = r.get("attributes", {}).get("llmq.outcome")

@@ -370,6 +370,8 @@ def test_ttl_policies_on_expire_at(deployment: Deployment) -> None:
 def test_timestamps_are_exempt_from_single_field_indexes(deployment: Deployment) -> None:
     for name in ("created_at", "started_at", "finished_at", "lease_expires_at"):
         assert field_of(deployment, "jobs", name).inputs["indexConfig"] == {}, name
+    # Never queried: the job's trace id is read from its document.
+    assert field_of(deployment, "jobs", "trace_id").inputs["indexConfig"] == {}
 
 
 def test_indexes_serve_the_reconciler_and_the_runner_queries(deployment: Deployment) -> None:
