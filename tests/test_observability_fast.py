@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from rich.console import Console
 
 from jobs import lifecycle, tracing
+from jobs.adapters.batch_launcher import batch_args
 from jobs.deadletters import DELIVERY_COUNT_ATTRIBUTE, handle_dead_letter
 from jobs.logs import JsonFormatter
 from jobs.models import JobMessage
@@ -182,14 +183,21 @@ def test_a_batch_run_is_one_span_per_file_with_its_line_counts(
     good = {"method": "POST", "url": "/v1/completions", "body": {"prompt": "two words", "max_tokens": 3}}
     lines = [json.dumps({"custom_id": f"c{i}", **good}) for i in range(3)] + ["not json"]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    # As the submit function launches it: the runner's arguments carry the launching span's context.
+    with tracing.tracer().start_as_current_span("launch_batch") as launch:
+        args = batch_args(batch_id="batch_x", input_uri=str(tmp_path / "in.jsonl"), output_prefix="out")
+    traceparent = args[args.index("--traceparent") + 1]
     outcome = asyncio.run(run_batch(BatchSettings(model_name="tiny-llama"), input_uri=str(tmp_path / "in.jsonl"),
-                                    output_prefix=str(tmp_path / "out"), engine=InMemoryEngine()))
+                                    output_prefix=str(tmp_path / "out"), engine=InMemoryEngine(),
+                                    traceparent=traceparent))
     assert (outcome.counts.total, outcome.counts.completed, outcome.counts.failed) == (4, 3, 1)
     (span,) = [s for s in exported.get_finished_spans()
                if s.name == "batch" and s.attributes["llmq.input_uri"] == str(tmp_path / "in.jsonl")]  # type: ignore[index]
     assert {k: span.attributes[k] for k in ("llmq.lines.total", "llmq.lines.completed",  # type: ignore[index]
                                             "llmq.lines.failed", "llmq.outcome")} == {
         "llmq.lines.total": 4, "llmq.lines.completed": 3, "llmq.lines.failed": 1, "llmq.outcome": "completed"}
+    assert span.context.trace_id == launch.get_span_context().trace_id
+    assert span.parent is not None and span.parent.span_id == launch.get_span_context().span_id
 
 
 def test_a_dead_letter_ends_the_jobs_trace(runner: Runner, exported: InMemorySpanExporter) -> None:  # noqa: F811

@@ -141,6 +141,7 @@ def job_service() -> JobService:
 
 @lru_cache(maxsize=1)
 def batch_service() -> BatchService:
+    traced()
     settings = api_settings()
     return BatchService(store=batch_store(), inputs=_batch_inputs(), launcher=_batch_launcher(), files=file_service(),
                         bucket=settings.batch_bucket, ttl_seconds=settings.batch_ttl_seconds,
