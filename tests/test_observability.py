@@ -1,6 +1,7 @@
 """Integration: one job followed through the real local stack — its spans from the submit function and the
 runner share the trace id on its document, the runner's /metrics move, the runner's log lines about it carry
-the trace and span ids, and `scripts.trace` / `scripts.top` render against the stack."""
+the trace and span ids, and `scripts.trace` / `scripts.top` render against the stack — and one batch file,
+whose run is a span with its line counts in the trace of the request that started it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import httpx
 from scripts import top
 from scripts import trace as trace_script
 from scripts.stack_client import Stack
+from tests.batch_helpers import completion_line, jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60
@@ -98,3 +100,23 @@ def test_a_job_explains_itself(stack: Stack, http: httpx.Client) -> None:
     assert view.returncode == 0, view.stderr
     for heading in ("queued", "running", "dead letters", stack.info["metrics_url"], "p99 latency"):
         assert heading in view.stdout, view.stdout
+
+
+def test_a_batch_file_is_one_span_in_the_trace_of_its_request(stack: Stack, http: httpx.Client) -> None:
+    lines: list[dict[str, Any] | str] = [completion_line("a", "One"), completion_line("b", "Two"), "not json"]
+    response = http.post(f"{stack.info['submit_url']}/v1/batches", json={"input_jsonl": jsonl(lines)})
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["id"]
+    traces = Path(stack.info["traces"])
+
+    def batch_trace() -> list[dict[str, Any]]:
+        spans = trace_script.job_trace(trace_script.read_spans(traces), batch_id)
+        return spans if {"launch_batch", "batch"} <= {s["name"] for s in spans} else []
+
+    spans = _wait_for("the batch's spans", batch_trace, timeout=240)  # the batch runner loads a model first
+    assert len({s["trace_id"] for s in spans}) == 1
+    launch = next(s for s in spans if s["name"] == "launch_batch")
+    run = next(s for s in spans if s["name"] == "batch")
+    assert (launch["service"], run["service"], run["parent_id"]) == ("submit", "batch", launch["span_id"])
+    assert {k: run["attributes"][k] for k in ("llmq.lines.total", "llmq.lines.completed", "llmq.lines.failed")} == {
+        "llmq.lines.total": 3, "llmq.lines.completed": 2, "llmq.lines.failed": 1}
