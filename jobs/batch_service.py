@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs import batches
+from jobs import batches, tracing
 from jobs.batches import BatchInputs, BatchLauncher, BatchRecord, BatchStore
 from jobs.constants import FILES_PREFIX, NIGHTLY_PREFIX, ONDEMAND_PREFIX
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
@@ -163,8 +163,10 @@ class BatchService:
     def _launch(self, record: BatchRecord, *, undo: Callable[[], object]) -> BatchRecord:
         """Start the runner for `record`; on failure `undo` and raise DependencyUnavailable."""
         try:
-            handle = self._launcher.launch(batch_id=record.id, input_uri=record.input_uri,
-                                           output_prefix=self._output_prefix(record.id))
+            # The launcher hands this span's context to the batch runner: its `batch` span joins the trace.
+            with tracing.tracer().start_as_current_span("launch_batch", attributes={tracing.BATCH_ID: record.id}):
+                handle = self._launcher.launch(batch_id=record.id, input_uri=record.input_uri,
+                                               output_prefix=self._output_prefix(record.id))
         except DependencyUnavailable:
             try:
                 undo()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from jobs import lifecycle
+from opentelemetry.trace import SpanKind
+
+from jobs import lifecycle, tracing
 from jobs.announce import announce_job
 from jobs.ports import JobStore
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
@@ -31,11 +33,15 @@ def handle_dead_letter(store: JobStore, envelope: PushEnvelope, *, now: datetime
             return "no job id"
     count = attributes.get(DELIVERY_COUNT_ATTRIBUTE)
     attempts = int(count) if count and count.isdigit() else envelope.delivery_attempt
-    record, changed = store.update(
-        job_id, lambda current: lifecycle.dead_letter(current, now=now, delivery_attempts=attempts)
-    )
-    if changed:
-        announce_job(announcer, store, record)  # not announced: the reconciler will
-    outcome = "no such job" if record is None else "marked dead_lettered" if changed else "left as it is"
-    log.info("dead letter handled", extra={"job_id": job_id, "outcome": outcome, "attempt": attempts})
+    # A dead letter keeps the message's attributes: the job's trace ends with the span that says it was lost.
+    with tracing.job_span("dead_letter", job_id, parent=tracing.extract(attributes), kind=SpanKind.CONSUMER,
+                          attributes={"llmq.delivery_attempts": attempts or 0}) as span:
+        record, changed = store.update(
+            job_id, lambda current: lifecycle.dead_letter(current, now=now, delivery_attempts=attempts)
+        )
+        if changed:
+            announce_job(announcer, store, record)  # not announced: the reconciler will
+        outcome = "no such job" if record is None else "marked dead_lettered" if changed else "left as it is"
+        tracing.record_outcome(span, outcome)
+        log.info("dead letter handled", extra={"job_id": job_id, "outcome": outcome, "attempt": attempts})
     return outcome

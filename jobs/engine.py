@@ -81,6 +81,7 @@ class EngineStats:
     requests_started: int
     tokens_generated: int
     running: int
+    waiting: int = 0  # requests the engine holds but does not run yet (vLLM's scheduler queue)
 
 
 class EngineError(Exception):

@@ -1,5 +1,6 @@
 """Structured JSON logs on stdout in Cloud Logging's shape: `severity`, `message`, plus the job id
-and trace id when known. Prompts, outputs and keys are never logged."""
+and, inside a span (jobs/tracing.py), `logging.googleapis.com/trace` and `logging.googleapis.com/spanId`, so
+Cloud Logging files each line under its job's trace. Prompts, outputs and keys are never logged."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-_CONTEXT_FIELDS = ("job_id", "tenant", "delivery", "attempt", "status", "outcome", "trace")
+from opentelemetry import trace
+
+_CONTEXT_FIELDS = ("job_id", "tenant", "delivery", "attempt", "status", "outcome")
+_trace_project = "local-project"
+
+
+def set_trace_project(project: str) -> None:
+    """The project whose Cloud Trace the trace field names (jobs.tracing.configure_tracing sets it)."""
+    global _trace_project
+    _trace_project = project or _trace_project
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, object] = {
             "severity": record.levelname,
             "message": record.getMessage(),
             "logger": record.name,
@@ -22,8 +32,12 @@ class JsonFormatter(logging.Formatter):
         for name in _CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                key = "logging.googleapis.com/trace" if name == "trace" else name
-                entry[key] = value
+                entry[name] = value
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["logging.googleapis.com/trace"] = f"projects/{_trace_project}/traces/{trace.format_trace_id(span.trace_id)}"
+            entry["logging.googleapis.com/spanId"] = trace.format_span_id(span.span_id)
+            entry["logging.googleapis.com/trace_sampled"] = span.trace_flags.sampled
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -303,6 +303,7 @@ class JobRecord(BaseModel):
     # The outbox of webhooks (jobs/webhooks.py): set by the write that ends the job, cleared once announced.
     pending_event: str | None = None
     webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)  # per endpoint id
+    trace_id: str | None = None  # the job's trace (W3C, 32 hex digits) across every hop (jobs/tracing.py)
 
     def to_document(self) -> dict[str, Any]:
         return self.model_dump(mode="python", exclude_none=False)
@@ -334,6 +335,8 @@ class JobView(BaseModel):
     metrics: dict[str, float]
     deadline_at: datetime | None = None
     webhooks: dict[str, WebhookDelivery] = Field(default_factory=dict)
+    trace_id: str | None = Field(default=None, description="The job's trace across every hop: W3C trace id, "
+                                 "32 hex digits (Cloud Trace; locally `python -m scripts.trace JOB_ID`)")
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -348,7 +351,9 @@ class JobMessage(BaseModel):
     tenant: str
     model: str
     request: JobRequest
+    # The trace context (W3C `traceparent`) the message carries in its attributes, not in its body.
+    trace_headers: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     def attributes(self) -> dict[str, str]:
         # Attributes let subscriptions filter by model (one runner service per model).
-        return {"job_id": self.job_id, "model": self.model, "priority": self.request.priority}
+        return {**self.trace_headers, "job_id": self.job_id, "model": self.model, "priority": self.request.priority}

@@ -21,7 +21,9 @@ import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from jobs import batches, lifecycle
+from opentelemetry.trace import SpanKind
+
+from jobs import batches, lifecycle, tracing
 from jobs.announce import announce_batch, announce_job
 from jobs.batch_state import BatchStatus
 from jobs.batches import BatchStore
@@ -79,7 +81,11 @@ def reconcile(
             _, marked = store.update(record.id, functools.partial(_mark_republished, seen=record, now=now))
             if not marked:
                 continue  # it moved on since the query: nothing to do
-            publisher.publish(message)
+            # The re-published message continues the job's own trace, so its runner spans join it.
+            with tracing.job_span("republish", record.id, parent=tracing.continue_trace(record.trace_id),
+                                  kind=SpanKind.PRODUCER):
+                message.trace_headers = tracing.inject()
+                publisher.publish(message)
             report.republished += 1
             log.info("republished", extra={"job_id": record.id, "status": record.status.value})
         except DependencyUnavailable:

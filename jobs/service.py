@@ -6,7 +6,9 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from jobs import lifecycle
+from opentelemetry.trace import Span, SpanKind
+
+from jobs import lifecycle, tracing
 from jobs.announce import announce_job
 from jobs.catalog import ModelCatalog
 from jobs.errors import DependencyUnavailable, IdempotencyConflict, InvalidRequest, NotFound
@@ -49,7 +51,16 @@ class JobService:
         submission with the same idempotency key and body is returned instead.
 
         Raises InvalidRequest, IdempotencyConflict, DependencyUnavailable (nothing left queued).
+        The submission is the first span of the job's trace; the trace id is recorded on the job.
         """
+        with tracing.tracer().start_as_current_span("submit", attributes={"llmq.tenant": tenant}) as span:
+            view, created = self._submit(request, tenant=tenant, idempotency_key=idempotency_key, span=span)
+            span.set_attribute(tracing.JOB_ID, view.id)
+            tracing.record_outcome(span, "created" if created else "existing")
+            return view, created
+
+    def _submit(self, request: JobRequest, *, tenant: str, idempotency_key: str | None,
+                span: Span) -> tuple[JobView, bool]:
         key = self._idempotency_key(request, idempotency_key)
         spec = self._catalog.resolve(request.model)
         if spec is None:
@@ -92,6 +103,7 @@ class JobService:
             request_hash=request.body_hash(),
             metadata=dict(request.metadata or {}),
             deadline_at=now + timedelta(seconds=request.deadline_seconds) if request.deadline_seconds else None,
+            trace_id=tracing.trace_id_of(span),
         )
         message = JobMessage(job_id=job_id, tenant=tenant, model=spec.id, request=request)
 
@@ -100,7 +112,9 @@ class JobService:
         if self._quota is not None:
             self._quota.accepted(tenant)
         try:
-            self._publisher.publish(message)
+            with tracing.job_span("publish", job_id, kind=SpanKind.PRODUCER):
+                message.trace_headers = tracing.inject()  # the runner's spans continue this one
+                self._publisher.publish(message)
         except DependencyUnavailable:
             self._undo(job_id)
             raise

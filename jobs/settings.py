@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import constants
 from jobs.catalog import ModelCatalog, ModelSpec
+from jobs.tracing import TraceExporter
 
 
 class ApiSettings(BaseSettings):
@@ -55,6 +56,12 @@ class ApiSettings(BaseSettings):
     token_checked_by: Literal["cloud_run", "function"] = "cloud_run"
     token_audience: str = ""
     token_certs_url: str = constants.GOOGLE_CERTS_URL
+    # Where spans go (jobs/tracing.py): "gcp" Cloud Trace, "file" JSON lines under trace_dir (the local
+    # stack), "none" nowhere (trace ids are still made and travel with each job).
+    trace_exporter: TraceExporter = "none"
+    # The function's name in its spans: Cloud Run's K_SERVICE (the local stack sets it too).
+    service_name: str = Field(default="api", validation_alias="K_SERVICE")
+    trace_dir: str = ""
     # Per-tenant quotas (0: no limit), counted without a hot document (jobs/quotas.py).
     quota_submissions_per_minute: int = constants.QUOTA_SUBMISSIONS_PER_MINUTE
     quota_queued_jobs: int = constants.QUOTA_QUEUED_JOBS

@@ -18,13 +18,16 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from jobs import tracing
 from jobs.adapters.clients import firestore_client, storage_client
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.gcs_results import GcsResultStore
@@ -36,6 +39,7 @@ from jobs.ports import JobStore, ResultStore
 from jobs.push import PushEnvelope, UnreadableMessage, decode_job_message
 from jobs.service import utcnow
 from jobs.webhooks import Announcer
+from runner import metrics
 from runner.engines import start_engine
 from runner.outcome import Disposition, Outcome
 from runner.processor import JobProcessor
@@ -121,6 +125,7 @@ def create_app(settings: RunnerSettings | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         configure_logging()
+        tracing.configure_tracing("runner", exporter=s.trace_exporter, directory=s.trace_dir, project=s.project)
         loader = asyncio.create_task(state.load())
         try:
             yield
@@ -138,7 +143,9 @@ def create_app(settings: RunnerSettings | None = None,
         outcome = await deliver(request)
         if outcome.disposition in (Disposition.UNDELIVERABLE, Disposition.UNAUTHENTICATED):
             log.warning("push refused: %s", outcome.reason)
-        return _answer(outcome)
+        answer = _answer(outcome)
+        metrics.PUSHES.labels(code=str(answer.status_code)).inc()
+        return answer
 
     async def deliver(request: Request) -> Outcome:
         if verifier is not None:
@@ -160,12 +167,22 @@ def create_app(settings: RunnerSettings | None = None,
             if err.job_id is None:
                 return Outcome.undeliverable(str(err))
             return await state.processor.reject(err.job_id, str(err))
-        try:
-            outcome = await state.processor.process(message)
-        except EngineDead:
-            state.die()
-            outcome = Outcome.retry("engine died")
-        log.info("push answered", extra={"job_id": message.job_id, "outcome": outcome.reason})
+        # The job's trace goes on from the submission's publish span, whose context the attributes carry.
+        parent = tracing.extract(envelope.message.attributes)
+        published = _publish_time(envelope.message.publish_time)
+        if published is not None:  # the time the message waited in Pub/Sub, as a span of its own
+            with tracing.job_span("queue", message.job_id, parent=parent, start_time=published):
+                pass
+        with tracing.job_span("push", message.job_id, parent=parent, kind=SpanKind.CONSUMER,
+                              attributes={"messaging.message.id": envelope.message.message_id,
+                                          "llmq.delivery_attempt": envelope.delivery_attempt or 0}) as span:
+            try:
+                outcome = await state.processor.process(message)
+            except EngineDead:
+                state.die()
+                outcome = Outcome.retry("engine died")
+            tracing.record_outcome(span, outcome.reason, error=outcome.disposition is Disposition.RETRY)
+            log.info("push answered", extra={"job_id": message.job_id, "outcome": outcome.reason})
         return outcome
 
     async def healthz(_request: Request) -> Response:
@@ -186,9 +203,15 @@ def create_app(settings: RunnerSettings | None = None,
         body["engine"] = dataclasses.asdict(state.engine.stats)
         return JSONResponse(body)
 
+    async def prometheus(_request: Request) -> Response:
+        body = metrics.render(inflight=state.processor.inflight if state.processor else 0,
+                              engine=state.engine.stats if state.engine is not None else None)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
     return Starlette(
         routes=[
             Route("/push", push, methods=["POST"]),
+            Route("/metrics", prometheus, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
@@ -204,6 +227,13 @@ _STATUS = {
     Disposition.UNDELIVERABLE: 400,
     Disposition.UNAUTHENTICATED: 401,
 }
+
+
+def _publish_time(value: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError:
+        return None
 
 
 def _answer(outcome: Outcome) -> Response:

@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from jobs import batches
+from jobs import batches, tracing
 from jobs.adapters.batch_files import BatchFiles, Location, OutputLog
 from jobs.adapters.batch_store import ThrottledProgress
 from jobs.announce import announce_batch
@@ -502,9 +502,10 @@ def _done_lines(output: OutputLog) -> dict[str, tuple[int, int]]:
 
 
 async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: str, batch_id: str | None = None,
-                    engine: Engine | None = None, progress_bar: bool = False) -> BatchOutcome:
+                    engine: Engine | None = None, progress_bar: bool = False,
+                    traceparent: str | None = None) -> BatchOutcome:
     """Run one batch (this task's share). Builds the engine when there is work for it (and shuts it down
-    again) unless one is given."""
+    again) unless one is given. `traceparent` (W3C) puts its span in the trace of the request that launched it."""
     from jobs.adapters.clients import firestore_client, storage_client
 
     uses_gcs = input_uri.startswith("gs://") or output_prefix.startswith("gs://")
@@ -540,7 +541,18 @@ async def run_batch(settings: BatchSettings, *, input_uri: str, output_prefix: s
         runner = BatchRunner(settings=settings, engine=get_engine, files=files, store=store, file_store=file_store,
                              announcer=announcer, input_uri=input_uri, output_prefix=output_prefix,
                              batch_id=batch_id, progress_bar=progress_bar)
-        return await runner.run()
+        # One span per file (this task's share of it), with its line counts: a batch's lines are not spans
+        # of their own, or a 50 000-line file would make a trace no viewer can draw.
+        parent = tracing.extract({"traceparent": traceparent} if traceparent else {})
+        with tracing.tracer().start_as_current_span("batch", context=parent, attributes={
+                tracing.BATCH_ID: batch_id or "", "llmq.input_uri": input_uri,
+                "llmq.task_index": settings.task_index, "llmq.task_count": settings.task_count}) as span:
+            outcome = await runner.run()
+            span.set_attributes({"llmq.lines.total": outcome.counts.total,
+                                 "llmq.lines.completed": outcome.counts.completed,
+                                 "llmq.lines.failed": outcome.counts.failed})
+            tracing.record_outcome(span, outcome.status.value)
+            return outcome
     finally:
         for own in started:
             await own.shutdown()
@@ -556,13 +568,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="the batch file: gs://bucket/name or a local path")
     parser.add_argument("--output", required=True, help="where output.jsonl and errors.jsonl go: gs:// prefix or folder")
     parser.add_argument("--batch-id", default=None, help="keep Firestore batches/{id} current (created if missing)")
+    parser.add_argument("--traceparent", default=None, help="the W3C trace context of the request that launched it")
     args = parser.parse_args(argv)
     if args.batch_id is not None and not is_batch_id(args.batch_id):
         parser.error("--batch-id must look like batch_<letters, digits, - or _>")
     configure_logging()
+    settings = batch_settings()
+    tracing.configure_tracing("batch", exporter=settings.trace_exporter, directory=settings.trace_dir,
+                              project=settings.project)
     try:
-        outcome = asyncio.run(run_batch(batch_settings(), input_uri=args.input, output_prefix=args.output,
-                                        batch_id=args.batch_id, progress_bar=sys.stderr.isatty()))
+        outcome = asyncio.run(run_batch(settings, input_uri=args.input, output_prefix=args.output,
+                                        batch_id=args.batch_id, progress_bar=sys.stderr.isatty(),
+                                        traceparent=args.traceparent))
     except (EngineDead, DependencyUnavailable) as err:
         log.error("batch stopped by a transient fault; run it again to resume: %s", err)
         return 3

@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import anyio
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
-from jobs import lifecycle
+from jobs import lifecycle, tracing
 from jobs.announce import announce_job
 from jobs.engine import Engine, EngineDead, EngineError, FinishReason, GenerationUpdate, PromptTooLong, RequestRejected
 from jobs.errors import DependencyUnavailable
@@ -29,6 +31,7 @@ from jobs.ports import JobStore, ResultStore
 from jobs.results import document_output, openai_response
 from jobs.service import utcnow
 from jobs.webhooks import Announcer
+from runner import metrics
 from runner.outcome import Outcome
 from runner.settings import RunnerSettings
 
@@ -58,7 +61,8 @@ class JobProcessor:
         self._slot_freed = asyncio.Condition()
         self._threads = anyio.CapacityLimiter(max(16, settings.max_inflight * 2))
         self.instance = f"runner-{uuid.uuid4().hex[:12]}"
-        self._running: dict[str, tuple[str, str]] = {}  # job id -> (lease owner, engine request id)
+        # job id -> (lease owner, engine request id, its generate span: a cancellation is logged in the job's trace)
+        self._running: dict[str, tuple[str, str, Span]] = {}
         self._leases: dict[str, Lease] = {}  # delivery -> its lease, as last written by that delivery
         self._stop_watching: Callable[[], None] | None = None
 
@@ -79,7 +83,8 @@ class JobProcessor:
     def _abort_cancelled(self, job_id: str, owner: str) -> None:
         held = self._running.get(job_id)
         if held is not None and held[0] == owner:
-            log.info("cancelled by the client; aborting", extra={"job_id": job_id, "delivery": owner})
+            with trace.use_span(held[2]):
+                log.info("cancelled by the client; aborting", extra={"job_id": job_id, "delivery": owner})
             asyncio.ensure_future(self._engine.abort(held[1]))
 
     @property
@@ -165,7 +170,9 @@ class JobProcessor:
                 message=f"model {message.model!r} is not served here")))
             return Outcome.failed("failed: model not served")
         try:
-            decision = await self._claim(job_id, owner)
+            with tracing.job_span("claim", job_id) as span:
+                decision = await self._claim(job_id, owner)
+                span.set_attribute("llmq.claim", decision.outcome.value if decision is not None else "no_job")
         except DependencyUnavailable:
             # The claim's answer was lost, not necessarily its write: had it landed, this delivery would hold
             # a lease it never uses, and the redelivery would be refused until the lease lapsed. Hand it back
@@ -194,9 +201,11 @@ class JobProcessor:
                 update, timings = await self._generate(message, record, owner)
             except PromptTooLong as err:
                 await self._fail(job_id, owner, JobErrorCode.CONTEXT_LENGTH_EXCEEDED, str(err))
+                self._count_end("failed")
                 return Outcome.failed("failed: prompt too long")
             except RequestRejected as err:
                 await self._fail(job_id, owner, JobErrorCode.REJECTED_BY_ENGINE, str(err)[:500])
+                self._count_end("failed")
                 return Outcome.failed("failed: rejected by the engine")
             return await self._finish(record, owner, update, timings)
         except BaseException:
@@ -223,6 +232,16 @@ class JobProcessor:
     async def _generate(
         self, message: JobMessage, record: JobRecord, owner: str
     ) -> tuple[GenerationUpdate, dict[str, float]]:
+        with tracing.job_span("generate", record.id, attributes={"llmq.model": record.model}) as span:
+            last, timings = await self._run_engine(message, record, owner, span)
+            span.set_attributes({"llmq.prompt_tokens": last.prompt_tokens,
+                                 "llmq.completion_tokens": last.completion_tokens,
+                                 "llmq.finish_reason": (last.finish_reason or FinishReason.STOP).value})
+            return last, timings
+
+    async def _run_engine(
+        self, message: JobMessage, record: JobRecord, owner: str, span: Span
+    ) -> tuple[GenerationUpdate, dict[str, float]]:
         request = message.request.to_generation(f"{record.id}.{owner}")
         started = time.monotonic()
         first_token_at: float | None = None
@@ -230,12 +249,13 @@ class JobProcessor:
         background = [asyncio.create_task(self._keep_lease(record.id, owner, request.request_id))]
         if record.stream:
             background.append(asyncio.create_task(self._stream(record.id, owner, lambda: last)))
-        self._running[record.id] = (owner, request.request_id)
+        self._running[record.id] = (owner, request.request_id, span)
         try:
             async with asyncio.timeout(self._settings.generation_timeout_seconds):
                 async for update in self._engine.generate(request):
                     if first_token_at is None and update.completion_tokens > 0:
                         first_token_at = time.monotonic()
+                        span.add_event("first_token")
                     last = update
         except TimeoutError:
             # The per-job budget is spent: keep what was generated, as a length stop.
@@ -320,6 +340,7 @@ class JobProcessor:
                 lambda current: lifecycle.record_partial(current, owner=owner, completion=partial),
             )
             log.info("aborted", extra={"job_id": record.id, "delivery": owner, "outcome": "cancelled"})
+            self._count_end("cancelled" if changed else None)
             return Outcome.done("cancelled" if changed else "lease lost")
 
         finish_reason = (update.finish_reason or FinishReason.STOP).value
@@ -330,23 +351,37 @@ class JobProcessor:
         body["timings"] = timings
         # Fence: no other delivery may take the job over (and write its own object) while ours is written.
         if not await self._fence(record.id, owner):
+            self._count_end(None)
             return Outcome.done("lease lost")
         # Deterministic object name: a retried finish overwrites, never duplicates.
-        uri = await self._call(self._results.write_result, record.id, body)
+        with tracing.job_span("result_write", record.id):
+            uri = await self._call(self._results.write_result, record.id, body)
         completion = Completion(
             output=document_output(update.text), finish_reason=finish_reason, usage=usage,
             result_uri=uri, metrics=timings,
         )
-        written = await self._call(
-            self._store.update, record.id,
-            lambda current: lifecycle.complete(current, owner=owner, now=now, completion=completion),
-        )
-        changed = written[1]
+        with tracing.job_span("finish", record.id) as span:
+            written = await self._call(
+                self._store.update, record.id,
+                lambda current: lifecycle.complete(current, owner=owner, now=now, completion=completion),
+            )
+            changed = written[1]
+            tracing.record_outcome(span, "succeeded" if changed else "lease lost")
         if changed:
             await self._ended(written)
+            metrics.observe_job(timings, latency_seconds=(now - record.created_at).total_seconds())
+        self._count_end("succeeded" if changed else None)
         log.info("finished" if changed else "lease lost before finish; result dropped",
                  extra={"job_id": record.id, "delivery": owner, "outcome": finish_reason})
         return Outcome.done("succeeded" if changed else "lease lost")
+
+    @staticmethod
+    def _count_end(outcome: str | None) -> None:
+        """A delivery that ended its job (None: it found its lease lost, and wrote nothing)."""
+        if outcome is None:
+            metrics.LOST_CLAIMS.inc()
+        else:
+            metrics.JOBS.labels(outcome=outcome).inc()
 
     async def _fail(self, job_id: str, owner: str, code: JobErrorCode, message: str) -> None:
         now = self._clock()

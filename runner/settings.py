@@ -9,6 +9,7 @@ from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs import constants
+from jobs.tracing import TraceExporter
 
 
 class RunnerSettings(BaseSettings):
@@ -62,6 +63,11 @@ class RunnerSettings(BaseSettings):
     push_audience: str | None = None
     push_service_account: str | None = None
     push_certs_url: str = constants.GOOGLE_CERTS_URL
+
+    # Where spans go (jobs/tracing.py): "gcp" Cloud Trace, "file" JSON lines under trace_dir (the local
+    # stack), "none" nowhere.
+    trace_exporter: TraceExporter = "none"
+    trace_dir: str = ""
 
     # The runner checks its engine this often and exits when it is dead (as it does when a push finds it dead).
     health_check_interval_seconds: float = 5.0

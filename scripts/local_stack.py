@@ -108,6 +108,7 @@ class LocalStack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.logs = config.state_dir / "logs"
+        self.traces = config.state_dir / "traces"
         # Ports without a race (scripts/processes.py): the functions and the runner serve sockets bound here and
         # kept open for the stack's life, so a restarted one serves the same socket; the emulators only take a
         # port number, chosen outside the ephemeral range and changed if it is taken before they bind it.
@@ -161,7 +162,8 @@ class LocalStack:
         fd = self.listeners[name].fileno()
         argv = [sys.executable, "-m", "scripts.serve_function", "--target", name,
                 "--source", str(REPO / "functions" / name / "main.py"), "--fd", str(fd)]
-        return ManagedProcess(name, argv, log_dir=self.logs, env=env, cwd=REPO, pass_fds=[fd])
+        # K_SERVICE names the function in its spans, as Cloud Run names it in production.
+        return ManagedProcess(name, argv, log_dir=self.logs, env={**env, "K_SERVICE": name}, cwd=REPO, pass_fds=[fd])
 
     def _gateway(self, env: dict[str, str]) -> ManagedProcess:
         """One port for every route (CONTRACT §8), routed by openapi.yaml as API Gateway is in production."""
@@ -316,6 +318,9 @@ class LocalStack:
             "LLMQ_WEBHOOK_TOPIC": constants.WEBHOOK_TOPIC,
             "LLMQ_WEBHOOK_ALLOW_LOOPBACK": "true",
             "LLMQ_WEBHOOK_RESOLVE_NAMES": "false",
+            # Each process appends its finished spans to traces/<service>-<pid>.jsonl (`python -m scripts.trace`).
+            "LLMQ_TRACE_EXPORTER": "file",
+            "LLMQ_TRACE_DIR": str(self.traces),
         })
         return env
 
@@ -347,6 +352,8 @@ class LocalStack:
             "api_key": self.api_key,
             "tenant": c.tenant,
             "logs": str(self.logs),
+            "traces": str(self.traces),
+            "metrics_url": f"http://127.0.0.1:{self.ports['runner']}/metrics",
             # The LLMQ_* settings the services run with, so a client can start another instance.
             "settings_env": self.settings_env,
             "pids": pids,

@@ -210,9 +210,9 @@ def seconds(text: str) -> float:
 def test_runner_runs_on_one_l4_with_enough_cpu_and_memory(deployment: Deployment) -> None:
     template = runner(deployment).inputs["template"]
     assert template["nodeSelector"] == {"accelerator": "nvidia-l4"}
-    (container,) = template["containers"]
+    container, metrics = template["containers"]  # the runner, and the metrics sidecar beside it
     limits = container["resources"]["limits"]
-    assert limits["nvidia.com/gpu"] == "1"
+    assert limits["nvidia.com/gpu"] == "1" and "nvidia.com/gpu" not in metrics["resources"]["limits"]
     assert int(limits["cpu"]) >= 4 and int(limits["memory"].removesuffix("Gi")) >= 16
     assert (limits["cpu"], limits["memory"]) == ("8", "32Gi")  # the recommended size
     # GPU services are instance-billed: CPU stays allocated (no throttling between requests).
@@ -370,6 +370,8 @@ def test_ttl_policies_on_expire_at(deployment: Deployment) -> None:
 def test_timestamps_are_exempt_from_single_field_indexes(deployment: Deployment) -> None:
     for name in ("created_at", "started_at", "finished_at", "lease_expires_at"):
         assert field_of(deployment, "jobs", name).inputs["indexConfig"] == {}, name
+    # Never queried: the job's trace id is read from its document.
+    assert field_of(deployment, "jobs", "trace_id").inputs["indexConfig"] == {}
 
 
 def test_indexes_serve_the_reconciler_and_the_runner_queries(deployment: Deployment) -> None:
@@ -541,13 +543,14 @@ def test_submit_may_run_the_batch_job_and_write_only_ondemand_input(deployment: 
 
     assert buckets["roles/storage.objectUser"]["condition"]["expression"] == (
         f'resource.name.startsWith("projects/_/buckets/{BATCH_BUCKET}/objects/{ONDEMAND_PREFIX}")')
-    # Nothing else: no actAs on the job's identity, no project-wide role beyond the database-scoped one.
+    # Nothing else: no actAs on the job's identity, no project-wide role beyond the database-scoped one and
+    # Cloud Trace's span writer (which exists only project-wide).
     assert deployment.roles_of(submit) == {
         ("projects", "roles/datastore.user"), ("pubsub", "roles/pubsub.publisher"),
-        ("cloudrunv2", "roles/run.jobsExecutorWithOverrides"),
+        ("cloudrunv2", "roles/run.jobsExecutorWithOverrides"), ("projects", "roles/cloudtrace.agent"),
         ("storage", "roles/storage.objectViewer"), ("storage", "roles/storage.objectUser")}
-    assert not [g for g in deployment.grants() if g.inputs["member"] == submit
-                and g.typ == "gcp:projects/iAMMember:IAMMember" and "condition" not in g.inputs]
+    assert [g.inputs["role"] for g in deployment.grants() if g.inputs["member"] == submit
+            and g.typ == "gcp:projects/iAMMember:IAMMember" and "condition" not in g.inputs] == ["roles/cloudtrace.agent"]
 
 
 def test_api_auth_settings_reach_both_functions(infra: None) -> None:
@@ -675,7 +678,7 @@ def test_one_service_account_per_component(deployment: Deployment) -> None:
     assert deployment.roles_of(deployment.account("llmq-status")) == {("projects", "roles/datastore.viewer")}
     assert {role for _, role in deployment.roles_of(deployment.account("llmq-submit"))} == {
         "roles/datastore.user", "roles/pubsub.publisher", "roles/run.jobsExecutorWithOverrides",
-        "roles/storage.objectViewer", "roles/storage.objectUser"}
+        "roles/storage.objectViewer", "roles/storage.objectUser", "roles/cloudtrace.agent"}
 
 
 def test_firestore_roles_are_limited_to_the_database(deployment: Deployment) -> None:
@@ -699,20 +702,68 @@ def test_every_api_used_is_enabled_and_left_on_at_destroy(deployment: Deployment
 def test_alerts_and_dashboard(deployment: Deployment) -> None:
     policies = {p.inputs["displayName"]: p.inputs["conditions"][0]["conditionThreshold"]
                 for p in deployment.of("gcp:monitoring/alertPolicy:AlertPolicy")}
-    assert len(policies) == 3
+    assert len(policies) == 5
     filters = " ".join(c["filter"] for c in policies.values())
     assert 'subscription/num_undelivered_messages" AND resource.label.subscription_id = ' \
            'one_of("llmq-jobs-dead-letter-inspect")' in filters
     assert 'oldest_unacked_message_age" AND resource.label.subscription_id = one_of("llmq-jobs-qwen2-5-7b")' \
         in filters
     assert 'response_code_class = "5xx"' in filters
-    ratio = [c for c in policies.values() if "denominatorFilter" in c]
+    ratio = [c for c in policies.values() if "denominatorFilter" in c and "run.googleapis.com" in c["filter"]]
     assert len(ratio) == 1 and 'service_name = one_of("llmq-runner-qwen2-5-7b")' in ratio[0]["denominatorFilter"]
     dashboard = json.loads(deployment.one("gcp:monitoring/dashboard:Dashboard").inputs["dashboardJson"])
     text = json.dumps(dashboard)
     for metric in ("subscription/num_undelivered_messages", "run.googleapis.com/request_latencies",
                    "run.googleapis.com/container/instance_count"):
         assert metric in text, metric
+
+
+def test_traces_go_to_cloud_trace_from_every_process_that_makes_spans(deployment: Deployment) -> None:
+    assert "cloudtrace.googleapis.com" in {r.inputs["service"] for r in deployment.of("gcp:projects/service:Service")}
+    runner_env = env_of(runner(deployment).inputs["template"]["containers"][0])
+    assert runner_env["LLMQ_TRACE_EXPORTER"] == "gcp"
+    for name in ("submit", "completions"):
+        _, settings = api_settings_of(deployment, name)
+        assert settings.trace_exporter == "gcp", name
+    trace_writers = {g.inputs["member"] for g in deployment.of("gcp:projects/iAMMember:IAMMember")
+                     if g.inputs["role"] == "roles/cloudtrace.agent"}
+    runner_member = "serviceAccount:" + runner(deployment).inputs["template"]["serviceAccount"]
+    assert trace_writers == {deployment.account(f"llmq-{n}") for n in ("submit", "completions", "deadletter",
+                                                                       "reconcile", "batch")} | {runner_member}
+    assert env_of(deployment.one(JOB).inputs["template"]["template"]["containers"][0])["LLMQ_TRACE_EXPORTER"] == "gcp"
+
+
+def test_runner_metrics_reach_managed_prometheus_through_its_sidecar(deployment: Deployment) -> None:
+    template = runner(deployment).inputs["template"]
+    container, sidecar = template["containers"]
+    assert container["ports"]["containerPort"] == 8080  # the sidecar's default scrape target: :8080/metrics
+    assert "cloud-run-gmp-sidecar" in sidecar["image"] and sidecar["dependsOns"] == [container["name"]]
+    assert "ports" not in sidecar or not sidecar["ports"]  # only the runner receives requests
+    writers = {g.inputs["member"] for g in deployment.of("gcp:projects/iAMMember:IAMMember")
+               if g.inputs["role"] == "roles/monitoring.metricWriter"}
+    assert writers == {"serviceAccount:" + template["serviceAccount"]}
+
+
+def test_submissions_are_counted_by_outcome_from_their_log_line(deployment: Deployment) -> None:
+    metric = deployment.one("gcp:logging/metric:Metric").inputs
+    assert metric["name"] == "llmq_submissions"
+    assert 'jsonPayload.message = "submission"' in metric["filter"]
+    assert metric["labelExtractors"] == {"outcome": "EXTRACT(jsonPayload.outcome)"}
+    assert metric["metricDescriptor"]["metricKind"] == "DELTA"
+    policies = {p.inputs["displayName"]: p.inputs["conditions"][0]["conditionThreshold"]
+                for p in deployment.of("gcp:monitoring/alertPolicy:AlertPolicy")}
+    errors = policies["llmq: submissions fail on the platform's side"]
+    assert "logging.googleapis.com/user/llmq_submissions" in errors["denominatorFilter"]
+    assert 'metric.label.outcome = one_of("unavailable", "overloaded", "internal")' in errors["filter"]
+    failures = policies["llmq: jobs end failed"]
+    assert 'prometheus.googleapis.com/llmq_jobs_finished_total/counter' in failures["denominatorFilter"]
+    assert 'metric.label.outcome = "failed"' in failures["filter"]
+    text = deployment.one("gcp:monitoring/dashboard:Dashboard").inputs["dashboardJson"]
+    for shown in ("llmq_submissions", "llmq_inflight/gauge", "llmq_engine_waiting/gauge",
+                  "llmq_time_to_first_token_seconds/histogram", "llmq_job_latency_seconds/histogram",
+                  "subscription/dead_letter_message_count", "subscription/oldest_unacked_message_age",
+                  "container/instance_count"):
+        assert shown in text, shown
 
 
 def test_artifact_registry_repository_for_the_image(deployment: Deployment) -> None:
@@ -729,8 +780,8 @@ def test_without_an_image_everything_but_the_gpu_parts_is_deployed(infra: None) 
     assert {f.inputs["name"] for f in d.of(FUNCTION)} == {f"llmq-{n}" for n in FUNCTIONS}
     assert {s.inputs["topic"] for s in d.of(SUBSCRIPTION)} == {
         "llmq-jobs-dead-letter", "llmq-webhook-deliveries", "llmq-webhook-deliveries-dead-letter"}
-    assert [p.inputs["displayName"] for p in d.of("gcp:monitoring/alertPolicy:AlertPolicy")] == [
-        "llmq: jobs were dead-lettered"]
+    assert sorted(p.inputs["displayName"] for p in d.of("gcp:monitoring/alertPolicy:AlertPolicy")) == [
+        "llmq: jobs were dead-lettered", "llmq: submissions fail on the platform's side"]
     assert "runner_url" not in d.exports and d.exports["image"] == "(not built yet)"
     # submit already names the job (created by the next run: a batch launched before it gets 503) and
     # holds its bucket grants; the job grant comes with the job.

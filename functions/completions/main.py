@@ -22,8 +22,15 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import answer, error_response, install_json_errors, json_response, read_model
-from jobs.adapters.wiring import admission, job_service, job_store
+from jobs.adapters.http import (
+    answer,
+    counted_submission,
+    error_response,
+    install_json_errors,
+    json_response,
+    read_model,
+)
+from jobs.adapters.wiring import admission, job_service, job_store, traced
 from jobs.batches import URLS, url_body_mismatch
 from jobs.errors import CompletionTimeout, InvalidRequest, MethodNotAllowed, NotFound, PlatformError
 from jobs.logs import configure_logging
@@ -52,7 +59,9 @@ def _route(request: flask.Request, path: str) -> flask.Response:
             caller_tenant(request)  # authentication first, as every other route answers
         raise NotFound(f"no route for {path}")
     started = time.monotonic()
-    with admission().slot():  # refused at once, before any work, when the wait would be too long
+    traced()
+    # refused at once, before any work, when the wait would be too long
+    with counted_submission(path) as submission, admission().slot():
         tenant = caller_tenant(request)  # authentication first: nothing is read or written before it
         if request.method != "POST":
             raise MethodNotAllowed(f"{request.method} is not allowed here; use POST")
@@ -61,8 +70,9 @@ def _route(request: flask.Request, path: str) -> flask.Response:
             raise InvalidRequest(mismatch, code="url_body_mismatch",
                                  details=[{"field": INPUT_FIELD[URLS[path]], "code": "required", "message": mismatch}])
         job_request = job_request.model_copy(update={"priority": "interactive"})  # someone is waiting on it
-        view, _ = job_service().submit(job_request, tenant=tenant,
-                                       idempotency_key=request.headers.get("Idempotency-Key"))
+        view, created = job_service().submit(job_request, tenant=tenant,
+                                             idempotency_key=request.headers.get("Idempotency-Key"))
+        submission.submitted(view.id, created=created)
     deadline = started + api_settings().completion_timeout_seconds
     headers = {JOB_HEADER: view.id}
     if job_request.stream:

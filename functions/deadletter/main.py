@@ -11,7 +11,7 @@ import functions_framework
 from pydantic import ValidationError
 
 from jobs.adapters.http import error_response, json_response
-from jobs.adapters.wiring import announcer, job_store
+from jobs.adapters.wiring import announcer, job_store, traced
 from jobs.deadletters import handle_dead_letter
 from jobs.errors import DependencyUnavailable
 from jobs.logs import configure_logging
@@ -28,6 +28,7 @@ def deadletter(request: flask.Request) -> flask.Response:
     except ValidationError:
         # Nothing to mark, and no queue behind this one: acknowledge rather than loop forever.
         return json_response({"outcome": "not a push envelope"}, 200)
+    traced()
     try:
         outcome = handle_dead_letter(job_store(), envelope, now=utcnow(), announcer=announcer())
     except DependencyUnavailable as err:

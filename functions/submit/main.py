@@ -10,8 +10,8 @@ import flask
 import functions_framework
 
 from jobs.adapters.caller import caller_tenant
-from jobs.adapters.http import answer, install_json_errors, json_response, read_model
-from jobs.adapters.wiring import admission, batch_service, endpoint_service, job_service
+from jobs.adapters.http import Submission, answer, counted_submission, install_json_errors, json_response, read_model
+from jobs.adapters.wiring import admission, batch_service, endpoint_service, job_service, traced
 from jobs.batch_service import CreateBatchRequest
 from jobs.errors import MethodNotAllowed, NotFound
 from jobs.logs import configure_logging
@@ -34,15 +34,16 @@ def submit(request: flask.Request) -> flask.Response:
 
 
 def _route(request: flask.Request, path: str) -> flask.Response:
+    if path == "/v1/jobs":
+        traced()
+        with counted_submission(path) as submission, admission().slot():
+            return _submit(request, submission)
     with admission().slot():  # refused at once, before any work, when the wait would be too long
         return _work(request, path)
 
 
 def _work(request: flask.Request, path: str) -> flask.Response:
     tenant = caller_tenant(request)  # authentication first: nothing is read or written before it
-    if path == "/v1/jobs":
-        _require(request, "POST")
-        return _submit(request, tenant)
     if match := _CANCEL.match(path):
         _require(request, "POST")
         view = job_service().cancel(match.group(1), tenant=tenant)
@@ -68,11 +69,14 @@ def _work(request: flask.Request, path: str) -> flask.Response:
     raise NotFound(f"no route for {path}")
 
 
-def _submit(request: flask.Request, tenant: str) -> flask.Response:
+def _submit(request: flask.Request, submission: Submission) -> flask.Response:
+    tenant = caller_tenant(request)  # authentication first: nothing is read or written before it
+    _require(request, "POST")
     job_request = read_model(request, JobRequest, max_bytes=api_settings().max_body_bytes)
     view, created = job_service().submit(
         job_request, tenant=tenant, idempotency_key=request.headers.get("Idempotency-Key")
     )
+    submission.submitted(view.id, created=created)
     return json_response(view.to_json(), 202 if created else 200, {"Location": f"/v1/jobs/{view.id}"})
 
 

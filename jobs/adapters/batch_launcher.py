@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jobs import tracing
 from jobs.adapters.google_errors import CLIENT_ERRORS
 from jobs.errors import DependencyUnavailable
 
@@ -25,8 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def batch_args(*, batch_id: str, input_uri: str, output_prefix: str) -> list[str]:
-    """The arguments after `python -m runner.batch` (the job's command)."""
-    return ["--input", input_uri, "--output", output_prefix, "--batch-id", batch_id]
+    """The arguments after `python -m runner.batch` (the job's command); `--traceparent` carries the current
+    trace context (W3C), so that the runner's `batch` span joins the trace of the request that started it."""
+    traceparent = tracing.inject().get("traceparent")
+    return ["--input", input_uri, "--output", output_prefix, "--batch-id", batch_id,
+            *(["--traceparent", traceparent] if traceparent else [])]
 
 
 class CloudRunBatchLauncher:

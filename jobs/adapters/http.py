@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 import flask
 import yaml
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from jobs import tracing
 from jobs.errors import InvalidRequest, MethodNotAllowed, PayloadTooLarge, PlatformError, UnsupportedMediaType
 from jobs.validation import UNSUPPORTED_PARAMETER, field_errors, unsupported_fields
 
@@ -24,6 +28,36 @@ MAX_JSON_DEPTH = 32
 
 # The API document sits at the repo root, and beside main.py in a deployed function's archive.
 _OPENAPI_CANDIDATES = ("openapi.yaml", "../openapi.yaml", "../../openapi.yaml")
+
+
+@dataclass
+class Submission:
+    """What became of one submission: `created`, `existing` (its idempotency key's job), an error's code, or
+    `internal` (a defect)."""
+
+    outcome: str = "internal"
+    job_id: str | None = None
+
+    def submitted(self, job_id: str, *, created: bool) -> None:
+        self.outcome, self.job_id = ("created" if created else "existing"), job_id
+
+
+@contextmanager
+def counted_submission(route: str) -> Iterator[Submission]:
+    """One job submission over HTTP: the server span its job's trace starts with, and one log line
+    `submission` with its outcome, which the log-based metric `llmq_submissions` counts (docs/DEPLOY.md)."""
+    submission = Submission()
+    with tracing.tracer().start_as_current_span(f"POST {route}", kind=SpanKind.SERVER) as span:
+        try:
+            yield submission
+        except PlatformError as err:
+            submission.outcome = err.code
+            raise
+        finally:
+            if submission.job_id is not None:
+                span.set_attribute(tracing.JOB_ID, submission.job_id)
+            tracing.record_outcome(span, submission.outcome)
+            log.info("submission", extra={"outcome": submission.outcome, "job_id": submission.job_id})
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> flask.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from jobs import tracing
 from jobs.adapters.admission import Admission
 from jobs.adapters.api_key_store import FirestoreApiKeyStore
 from jobs.adapters.batch_files import BatchFiles, BucketInputs
@@ -147,11 +148,19 @@ def deliverer() -> Deliverer:
 
 @lru_cache(maxsize=1)
 def publisher() -> Publisher:
+    traced()
     if _substitute is not None:
         return _substitute.publisher
     settings = api_settings()
     return PubSubPublisher(publisher_client(), project=settings.project, topics=settings.topics,
                            batch_topics=settings.batch_priority_topics, timeout=settings.publish_timeout_seconds)
+
+
+def traced() -> None:
+    """Install this function's tracer provider (once; jobs/tracing.py): before its first span."""
+    settings = api_settings()
+    tracing.configure_tracing(settings.service_name, exporter=settings.trace_exporter, directory=settings.trace_dir,
+                              project=settings.project)
 
 
 @lru_cache(maxsize=1)
@@ -192,6 +201,7 @@ def job_service() -> JobService:
 
 @lru_cache(maxsize=1)
 def batch_service() -> BatchService:
+    traced()
     settings = api_settings()
     return BatchService(store=batch_store(), inputs=_batch_inputs(), launcher=_batch_launcher(), files=file_service(),
                         bucket=settings.batch_bucket, ttl_seconds=settings.batch_ttl_seconds,

@@ -163,6 +163,8 @@ class Api(pulumi.ComponentResource):
             "labels": args.labels,
         }
         child = child_options(self, opts)
+        # The two functions that submit jobs start each job's trace (jobs/tracing.py) and export it to Cloud Trace.
+        submit_env["LLMQ_TRACE_EXPORTER"] = "gcp"
         self.submit = HttpFunction(f"{name}-submit", HttpFunctionArgs(
             function_name=args.submit_name, source="submit", entry_point="submit",
             account_id=args.submit_account_id, env=submit_env,
@@ -180,6 +182,7 @@ class Api(pulumi.ComponentResource):
             "LLMQ_QUOTA_SUBMISSIONS_PER_MINUTE": str(args.quota_submissions_per_minute),
             "LLMQ_QUOTA_QUEUED_JOBS": str(args.quota_queued_jobs),
             "LLMQ_COMPLETION_TIMEOUT_SECONDS": str(COMPLETION_WAIT_SECONDS),
+            "LLMQ_TRACE_EXPORTER": "gcp",
         }
         self.completions = HttpFunction(f"{name}-completions", HttpFunctionArgs(
             function_name=args.completions_name, source="completions", entry_point="completions",
@@ -229,6 +232,9 @@ class Api(pulumi.ComponentResource):
         gcp.storage.BucketIAMMember(f"{name}-files-uploads", bucket=args.batch_bucket,
                                     role="roles/storage.objectUser", member=self.files.service_account.member,
                                     condition=bucket_prefix_condition(args.batch_bucket, FILES_PREFIX), opts=child)
+        for role_name, function in (("submit", self.submit), ("completions", self.completions)):
+            gcp.projects.IAMMember(f"{name}-{role_name}-trace", project=args.project, role="roles/cloudtrace.agent",
+                                   member=function.service_account.member, opts=child)
         gcp.projects.IAMMember(f"{name}-status-firestore", project=args.project, role="roles/datastore.viewer",
                                member=self.status.service_account.member,
                                condition=firestore_condition(args.project, args.database), opts=child)

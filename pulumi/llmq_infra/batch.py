@@ -102,6 +102,8 @@ class NightlyBatch(pulumi.ComponentResource):
                                         role="roles/storage.objectUser", member=job_sa.member, opts=child),
             gcp.storage.BucketIAMMember(f"{name}-job-models-reader", bucket=args.models_bucket,
                                         role="roles/storage.objectViewer", member=job_sa.member, opts=child),
+            gcp.projects.IAMMember(f"{name}-job-trace", project=args.project, role="roles/cloudtrace.agent",
+                                   member=job_sa.member, opts=child),
         ]
         env = {
             "LLMQ_PROJECT": args.project,
@@ -114,6 +116,7 @@ class NightlyBatch(pulumi.ComponentResource):
             "LLMQ_MAX_MODEL_LEN": str(args.max_model_len),
             "LLMQ_MAX_CONCURRENCY": str(args.max_concurrency),
             "LLMQ_BATCH_BUCKET": args.batch_bucket,
+            "LLMQ_TRACE_EXPORTER": "gcp",  # one `batch` span per file, with its line counts
         }
         self.job = gcp.cloudrunv2.Job(
             f"{name}-job",

@@ -61,6 +61,8 @@ class Maintenance(pulumi.ComponentResource):
             "LLMQ_BATCH_PRIORITY_TOPICS": pulumi.Output.json_dumps([args.batch_jobs_topic]),
             "LLMQ_MODELS": args.models_json,
             "LLMQ_WEBHOOK_TOPIC": args.webhook_topic,
+            # Both add spans to a job's trace (a dead letter's end, a re-publish): exported to Cloud Trace.
+            "LLMQ_TRACE_EXPORTER": "gcp",
         }
         ingress = "ALLOW_INTERNAL_ONLY" if args.internal_ingress else "ALLOW_ALL"
         common: dict[str, Any] = {
@@ -87,6 +89,8 @@ class Maintenance(pulumi.ComponentResource):
             gcp.projects.IAMMember(f"{name}-{role_name}-firestore", project=args.project, role="roles/datastore.user",
                                    member=function.service_account.member,
                                    condition=firestore_condition(args.project, args.database), opts=child)
+            gcp.projects.IAMMember(f"{name}-{role_name}-trace", project=args.project, role="roles/cloudtrace.agent",
+                                   member=function.service_account.member, opts=child)
         for key, topic in (("", args.jobs_topic), ("batch-", args.batch_jobs_topic)):
             gcp.pubsub.TopicIAMMember(f"{name}-reconcile-{key}publisher", project=args.project, topic=topic,
                                       role="roles/pubsub.publisher", member=self.reconcile.service_account.member,

@@ -17,6 +17,10 @@ GPU_TYPE = "nvidia-l4"
 GPU_LIMIT = "nvidia.com/gpu"
 MODELS_MOUNT = "/models"
 PORT = 8080
+# Managed Service for Prometheus' collector for Cloud Run, beside the runner: its default RunMonitoring
+# configuration scrapes the ingress container's /metrics on port 8080 (runner/metrics.py) once a minute,
+# at start-up and at shut-down (docs/DEPLOY.md "Metrics").
+METRICS_SIDECAR_IMAGE = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar:1.2.0"
 STARTUP_PROBE_PERIOD_SECONDS = 10
 
 
@@ -87,6 +91,11 @@ class Runner(pulumi.ComponentResource):
                                         role="roles/storage.objectUser", member=member, opts=child),
             gcp.storage.BucketIAMMember(f"{name}-models-reader", bucket=args.models_bucket,
                                         role="roles/storage.objectViewer", member=member, opts=child),
+            # Its spans to Cloud Trace; its metrics (the sidecar runs as the same identity) to Cloud Monitoring.
+            gcp.projects.IAMMember(f"{name}-trace", project=args.project, role="roles/cloudtrace.agent",
+                                   member=member, opts=child),
+            gcp.projects.IAMMember(f"{name}-metrics", project=args.project, role="roles/monitoring.metricWriter",
+                                   member=member, opts=child),
         ]
 
         env = {
@@ -104,6 +113,7 @@ class Runner(pulumi.ComponentResource):
             "LLMQ_LEASE_SECONDS": str(args.lease_seconds),
             "LLMQ_GENERATION_TIMEOUT_SECONDS": str(args.generation_timeout_seconds),
             "LLMQ_STREAM_INTERVAL_SECONDS": f"{STREAM_INTERVAL_SECONDS:g}",
+            "LLMQ_TRACE_EXPORTER": "gcp",
         }
         # The startup probe covers the whole model load (the app answers /readyz 503 until the engine
         # is ready); Cloud Run routes no push to the instance before it passes.
@@ -165,6 +175,12 @@ class Runner(pulumi.ComponentResource):
                         timeout_seconds=5,
                         failure_threshold=3,
                     ),
+                ), gcp.cloudrunv2.ServiceTemplateContainerArgs(
+                    name="metrics",
+                    image=METRICS_SIDECAR_IMAGE,
+                    depends_ons=["runner"],  # scraping starts once the runner's port is open
+                    resources=gcp.cloudrunv2.ServiceTemplateContainerResourcesArgs(
+                        limits={"cpu": "1", "memory": "512Mi"}, cpu_idle=False),
                 )],
             ),
             # The runtime identity must hold its roles before the first revision starts.

@@ -15,8 +15,10 @@ from llmq_infra.common import child_options
 # Timestamps on `jobs` no query filters on by themselves. Firestore indexes every field by
 # default, and an indexed, ever-increasing value caps a collection at ~500 writes/s (hotspot):
 # exempt them. `created_at` and `lease_expires_at` are still in the composite indexes below.
-# `output` is rewritten ~1/s while streaming and never queried.
-UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expires_at", "deadline_at", "output")
+# `output` is rewritten ~1/s while streaming and never queried; `trace_id` is read from the document, never
+# searched by (Cloud Trace finds a job's trace by its id).
+UNINDEXED_JOB_FIELDS = ("created_at", "started_at", "finished_at", "lease_expires_at", "deadline_at", "output",
+                        "trace_id")
 
 # Queries of jobs/adapters/firestore_store.py with an equality and a range filter: the reconciler's
 # (status + a time) and the per-tenant submissions-per-minute quota (jobs/quotas.py). `created_at` has

@@ -189,6 +189,7 @@ class _Counters:
     forward_passes: int = 0
     tokens_generated: int = 0
     running: int = 0
+    waiting: int = 0
     requests_started: int = 0
 
     def logger_factory(self) -> Callable[[VllmConfig, int], StatLoggerBase]:
@@ -209,6 +210,7 @@ class _Counters:
                     counters.tokens_generated += iteration_stats.num_generation_tokens
                 if scheduler_stats is not None:
                     counters.running = scheduler_stats.num_running_reqs
+                    counters.waiting = scheduler_stats.num_waiting_reqs
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -320,7 +322,8 @@ class VllmEngine:
     def stats(self) -> EngineStats:
         c = self._counters
         return EngineStats(forward_passes=c.forward_passes, requests_started=c.requests_started,
-                           tokens_generated=c.tokens_generated, running=c.running)
+                           tokens_generated=c.tokens_generated, running=c.running,
+                           waiting=c.waiting)
 
     async def check_health(self) -> None:
         if self._closed:
