@@ -434,6 +434,29 @@ def keys_revoke(key: Annotated[str | None, typer.Option()] = None,
     raise typer.Exit(operator.api_keys(_repo(), ["revoke", *which], project=project, state_dir=state_dir))
 
 
+@app.command("top")
+def top(once: Annotated[bool, typer.Option(help="one frame, then exit")] = False,
+        interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+        state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """A live view of the local stack: queued, running and finished per minute, in flight, latency, failures."""
+    from llmq import operator
+
+    args = ["--interval", str(interval), *(["--once"] if once else []),
+            *(["--state-dir", str(state_dir)] if state_dir else [])]
+    raise typer.Exit(operator.script(_repo(), "top", args))
+
+
+@app.command("trace")
+def trace(job_id: Annotated[str, typer.Argument(help="a job id, or a batch id")],
+          wait: Annotated[float, typer.Option(help="seconds to wait for the job's last span")] = 0.0,
+          state_dir: Annotated[Path | None, typer.Option()] = None) -> None:
+    """A job's hops as a waterfall with durations, from the local stack's traces."""
+    from llmq import operator
+
+    args = [job_id, "--wait", str(wait), *(["--state-dir", str(state_dir)] if state_dir else [])]
+    raise typer.Exit(operator.script(_repo(), "trace", args))
+
+
 @stack_app.command("up")
 def stack_up(state_dir: Annotated[Path | None, typer.Option(help="default <repo>/.local")] = None,
              timeout: Annotated[float, typer.Option()] = 600,

@@ -1,6 +1,7 @@
-"""Operator commands that drive the repository's own scripts (`llmq keys`, `llmq stack`): they run
-`python -m scripts.api_keys` and `python -m scripts.local_stack up` from the repository, as separate
-processes, so this package imports nothing of the platform's (jobs/, scripts/)."""
+"""Operator commands that drive the repository's own scripts (`llmq keys`, `llmq stack`, `llmq top`,
+`llmq trace`): they run `python -m scripts.api_keys`, `scripts.local_stack up`, `scripts.top` and
+`scripts.trace` from the repository, as separate processes, so this package imports nothing of the
+platform's (jobs/, scripts/)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def api_keys(repo: Path, args: list[str], *, project: str | None, state_dir: Pat
     """Run scripts.api_keys with `args`; its output goes straight to this process's. Returns its exit status."""
     extra = (["--project", project] if project else []) + (["--state-dir", str(state_dir)] if state_dir else [])
     return subprocess.call([_python(repo), "-m", "scripts.api_keys", *extra, *args], cwd=repo)
+
+
+def script(repo: Path, module: str, args: list[str]) -> int:
+    """Run `python -m scripts.<module> args` from the repository, attached to this terminal; its exit status."""
+    return subprocess.call([_python(repo), "-m", f"scripts.{module}", *args], cwd=repo)
 
 
 def _state_dir(repo: Path, state_dir: Path | None) -> Path:

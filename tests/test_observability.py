@@ -87,15 +87,15 @@ def test_a_job_explains_itself(stack: Stack, http: httpx.Client) -> None:
     assert [(s["message"], s["outcome"]) for s in submission] == [("submission", "created")]
     assert submission[0]["logging.googleapis.com/trace"].endswith(trace_id)
 
-    # `llmq trace` and `llmq top` (scripts for now) render against the stack.
+    # `llmq trace` and `llmq top` render against the stack (the CLI, as its own process, runs the scripts).
     state_dir = ["--state-dir", str(stack.state_dir)]
-    waterfall = subprocess.run([sys.executable, "-m", "scripts.trace", job_id, *state_dir], cwd=REPO,
+    waterfall = subprocess.run([sys.executable, "-m", "llmq", "trace", job_id, *state_dir], cwd=REPO,
                                capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert waterfall.returncode == 0, waterfall.stderr
     assert trace_id in waterfall.stdout and "◆ first_token" in waterfall.stdout
     hops = ["POST /v1/jobs", "publish", "push", "claim", "generate", "result_write", "finish"]
     assert sorted(hops, key=waterfall.stdout.index) == hops  # in the order they happened
-    view = subprocess.run([sys.executable, "-m", "scripts.top", "--once", "--interval", "0.5", *state_dir],
+    view = subprocess.run([sys.executable, "-m", "llmq", "top", "--once", "--interval", "0.5", *state_dir],
                           cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert view.returncode == 0, view.stderr
     for heading in ("queued", "running", "dead letters", stack.info["metrics_url"], "p99 latency"):
