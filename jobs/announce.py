@@ -6,48 +6,52 @@ reconciler for what is left (a process that died in between). Client-free: the p
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
 
 from jobs.batches import BatchRecord, BatchStore
 from jobs.errors import DependencyUnavailable
 from jobs.models import JobRecord
 from jobs.ports import JobStore
-from jobs.webhooks import Announcer
+from jobs.webhooks import Announcer, Subject
 
 log = logging.getLogger(__name__)
+
+
+OwedT = TypeVar("OwedT", JobRecord, BatchRecord)
 
 
 def announce_job(announcer: Announcer | None, store: JobStore, record: JobRecord | None) -> bool:
     """Announce the job's pending event (if any) and clear it. True when nothing is left pending; a failure
     is logged and left for later (False): it never fails the caller's own work."""
-    if announcer is None or record is None or record.pending_event is None:
-        return record is None or record.pending_event is None
+    if record is None:
+        return True
+    return _announce(announcer, "jobs", record, store.update, ended_at=record.finished_at)
+
+
+def announce_batch(announcer: Announcer | None, store: BatchStore, record: BatchRecord | None) -> bool:
+    """As announce_job, for a batch."""
+    if record is None:
+        return True
+    return _announce(announcer, "batches", record, store.update,
+                     ended_at=getattr(record, f"{record.status.value}_at", None))
+
+
+def _announce(announcer: Announcer | None, subject: Subject, record: OwedT,
+              update: Callable[[str, Callable[[OwedT], OwedT | None]], object], *, ended_at: datetime | None) -> bool:
     event = record.pending_event
+    if event is None or announcer is None:
+        return event is None
     try:
-        sent = announcer.announce(subject="jobs", subject_id=record.id, tenant=record.tenant, event_type=event,
-                                  status=record.status.value, metadata=record.metadata, ended_at=record.finished_at)
-        store.update(record.id, lambda current: current.model_copy(update={"pending_event": None})
-                     if current.pending_event == event else None)
+        sent = announcer.announce(subject=subject, subject_id=record.id, tenant=record.tenant, event_type=event,
+                                  status=record.status.value, metadata=record.metadata, ended_at=ended_at)
+        update(record.id, lambda current: current.model_copy(update={"pending_event": None})
+               if current.pending_event == event else None)
     except DependencyUnavailable as err:
         log.warning("event not announced yet; a redelivery or the reconciler will: %s", err,
                     extra={"job_id": record.id})
         return False
     if sent:
         log.info("event announced", extra={"job_id": record.id, "outcome": event})
-    return True
-
-
-def announce_batch(announcer: Announcer | None, store: BatchStore, record: BatchRecord | None) -> bool:
-    """As announce_job, for a batch."""
-    if announcer is None or record is None or record.pending_event is None:
-        return record is None or record.pending_event is None
-    event = record.pending_event
-    ended_at = getattr(record, f"{record.status.value}_at", None)
-    try:
-        announcer.announce(subject="batches", subject_id=record.id, tenant=record.tenant, event_type=event,
-                           status=record.status.value, metadata=record.metadata, ended_at=ended_at)
-        store.update(record.id, lambda current: current.model_copy(update={"pending_event": None})
-                     if current.pending_event == event else None)
-    except DependencyUnavailable as err:
-        log.warning("batch event not announced yet; the reconciler will: %s", err, extra={"batch_id": record.id})
-        return False
     return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from typing import IO, Any, cast
+from urllib.parse import quote
 
 import flask
 import functions_framework
@@ -54,7 +55,7 @@ def _route(request: flask.Request, path: str) -> flask.Response:
             first = next(chunks, b"")
             return flask.Response(_prepend(first, chunks), mimetype="application/octet-stream", headers={
                 "Content-Length": str(record.bytes),
-                "Content-Disposition": f"attachment; filename*=UTF-8''{_quote(record.filename)}"})
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.filename, safe='')}"})
         if match := _FILE.match(path):
             if request.method == "DELETE":
                 return json_response(file_service().delete(match.group(1), tenant=tenant))
@@ -144,12 +145,6 @@ def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     if first:
         yield first
     yield from rest
-
-
-def _quote(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 def _require(request: flask.Request, *methods: str) -> None:
