@@ -5,25 +5,15 @@ change), no redirects, a 10 s timeout, and no more than a few KB of the answer r
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections.abc import Sequence
 from datetime import datetime
 
 import httpx
 
+from jobs.adapters.dns import system_resolver
 from jobs.delivery import Answer
 from jobs.webhooks import Resolver, check_url
 
 MAX_ANSWER_BYTES = 4096
-
-
-def system_resolver(host: str, port: int) -> Sequence[str]:
-    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
-
-
-def no_names(host: str, port: int) -> Sequence[str]:
-    """Where names are not resolved (the local stack): only literal addresses are endpoints."""
-    raise OSError(f"{host}:{port}: names are not resolved here; use a literal address")
 
 
 def signature(*, secrets: list[str], event_id: str, timestamp: datetime, body: bytes) -> str:

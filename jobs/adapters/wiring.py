@@ -13,11 +13,11 @@ from jobs.adapters.batch_files import BatchFiles, BucketInputs
 from jobs.adapters.batch_launcher import CloudRunBatchLauncher, LocalBatchLauncher
 from jobs.adapters.batch_store import FirestoreBatchStore
 from jobs.adapters.clients import firestore_client, publisher_client, storage_client
+from jobs.adapters.dns import no_names, system_resolver
 from jobs.adapters.file_store import FirestoreFileStore, GcsContents
 from jobs.adapters.firestore_store import FirestoreJobStore
 from jobs.adapters.id_tokens import IdTokenVerifier
 from jobs.adapters.pubsub_publisher import PubSubPublisher
-from jobs.adapters.webhook_sender import HttpSender
 from jobs.adapters.webhook_store import FirestoreEndpointStore, PubSubDeliveryQueue
 from jobs.auth import ApiKeyAuthenticator, ApiKeyStore
 from jobs.batch_service import BatchService
@@ -114,8 +114,6 @@ def _delivery_queue() -> DeliveryQueue:
 def _resolver() -> Resolver:
     if _substitute is not None:
         return _substitute.resolve
-    from jobs.adapters.webhook_sender import no_names, system_resolver
-
     return system_resolver if api_settings().webhook_resolve_names else no_names
 
 
@@ -123,6 +121,8 @@ def _resolver() -> Resolver:
 def _sender() -> Sender:
     if _substitute is not None:
         return _substitute.sender
+    from jobs.adapters.webhook_sender import HttpSender  # httpx: only the webhooks function ships it
+
     return HttpSender(resolve=_resolver(), allow_loopback=api_settings().webhook_allow_loopback)
 
 
