@@ -45,6 +45,7 @@ class ReconcileReport:
     errors: int = 0
     batches_failed: int = 0  # ended `failed`/runner_lost
     batches_cancelled: int = 0  # a cancel that no runner was there to finish
+    batches_expired: int = 0  # past their completion window, nothing working on them
     announced: int = 0  # webhook events a writer had left pending
 
     def as_dict(self) -> dict[str, int]:
@@ -143,6 +144,8 @@ def reconcile_batches(
         if changed and ended is not None:
             if ended.status is BatchStatus.CANCELLED:
                 report.batches_cancelled += 1
+            elif ended.status is BatchStatus.EXPIRED:
+                report.batches_expired += 1
             else:
                 report.batches_failed += 1
             log.warning("batch abandoned", extra={"batch_id": record.id, "status": ended.status.value})

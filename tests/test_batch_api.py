@@ -109,7 +109,8 @@ def test_invalid_batch_requests_are_rejected(stack: Stack, http: httpx.Client) -
         ({"input_uri": f"gs://{bucket}/inbox/x.jsonl"}, 400, "invalid_request"),
         ({"input_uri": f"gs://{bucket}/{uuid.uuid4().hex}.jsonl"}, 400, "input_not_found"),
         ({"input_jsonl": "{}", "endpoint_override": 1}, 400, "unsupported_parameter"),
-        ({"input_jsonl": "{}", "completion_window": "1h"}, 400, "invalid_request"),
+        ({"input_jsonl": "{}", "completion_window": "8d"}, 400, "invalid_request"),  # "24h", or llmq's up to 7 days
+        ({"input_file_id": "file-" + uuid.uuid4().hex, "endpoint": "/v1/completions"}, 400, "file_not_found"),
     ]
     for body, status, code in cases:
         response = _post(stack, http, body)
@@ -141,19 +142,21 @@ def test_reconciler_ends_batches_that_no_runner_works_on(stack: Stack, db: Any, 
     store, now = FirestoreBatchStore(db), utcnow()
     long_ago = now - timedelta(days=2)
     ids: dict[str, str] = {}
-    for label, status, when in [("validating", BatchStatus.VALIDATING, long_ago),
-                                ("in_progress", BatchStatus.IN_PROGRESS, long_ago),
-                                ("cancelling", BatchStatus.CANCELLING, long_ago),
-                                ("completed", BatchStatus.COMPLETED, long_ago),
-                                ("fresh", BatchStatus.IN_PROGRESS, now)]:
+    # Their completion windows (7 days) still open, but one: a batch nothing works on past its window expires.
+    for label, status, when, window in [("validating", BatchStatus.VALIDATING, long_ago, "7d"),
+                                        ("in_progress", BatchStatus.IN_PROGRESS, long_ago, "7d"),
+                                        ("cancelling", BatchStatus.CANCELLING, long_ago, "7d"),
+                                        ("completed", BatchStatus.COMPLETED, long_ago, "7d"),
+                                        ("past_window", BatchStatus.IN_PROGRESS, long_ago, "24h"),
+                                        ("fresh", BatchStatus.IN_PROGRESS, now, "24h")]:
         ids[label] = new_batch_id()
         record = BatchRecord.new(batch_id=ids[label], input_uri="gs://b/in.jsonl", output_prefix="gs://b/out/",
-                                 now=when, tenant=stack.info["tenant"], source="api")
+                                 now=when, tenant=stack.info["tenant"], source="api", completion_window=window)
         assert store.create(record.model_copy(update={"status": status}))
 
     # Only what was untouched for a day counts (batches other tests run now are not touched).
     report = http.post(f"{stack.info['reconcile_url']}/", json={"batch_stale_for_seconds": 86400}).json()
-    assert report["batches_failed"] == 2 and report["batches_cancelled"] == 1, report
+    assert (report["batches_failed"], report["batches_cancelled"], report["batches_expired"]) == (2, 1, 1), report
 
     def seen(label: str) -> dict[str, Any]:
         response = http.get(f"{stack.info['status_url']}/v1/batches/{ids[label]}")
@@ -168,7 +171,9 @@ def test_reconciler_ends_batches_that_no_runner_works_on(stack: Stack, db: Any, 
     assert cancelled["status"] == "cancelled" and cancelled["error"]["code"] == "runner_lost"
     assert seen("completed")["status"] == "completed" and seen("completed")["error"] is None
     assert seen("fresh")["status"] == "in_progress"
+    expired = seen("past_window")
+    assert expired["status"] == "expired" and expired["expired_at"] is not None and expired["error"]["code"] == "runner_lost"
 
     # A second run finds nothing more to do.
     again = http.post(f"{stack.info['reconcile_url']}/", json={"batch_stale_for_seconds": 86400}).json()
-    assert again["batches_failed"] == 0 and again["batches_cancelled"] == 0, again
+    assert again["batches_failed"] == again["batches_cancelled"] == again["batches_expired"] == 0, again
