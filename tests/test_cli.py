@@ -67,7 +67,9 @@ def test_errors_exit_non_zero_with_the_reason_on_stderr(stack: Stack) -> None:
     missing = llmq(stack, "get", f"job_{uuid.uuid4().hex}")
     assert missing.exit_code == 1 and "not_found" in missing.stderr
 
-    job = json.loads(llmq(stack, "submit", "A long story begins:", "--max-tokens", "2500", "--json").stdout)
+    # Greedy (temperature 0), so no early end-of-sequence: about 10 s of generation, long enough to cancel it.
+    job = json.loads(llmq(stack, "submit", "A long story begins:", "--max-tokens", "2500", "--temperature", "0",
+                          "--json").stdout)
     cancelled = llmq(stack, "cancel", job["id"])
     assert cancelled.exit_code == 0 and cancelled.stdout.strip() == f"{job['id']} cancelled"
     ended = llmq(stack, "get", job["id"], "--wait")

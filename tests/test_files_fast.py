@@ -236,3 +236,14 @@ def test_batches_are_listed_newest_first_a_page_at_a_time(api: Api) -> None:
     assert [b["id"] for b in rest["data"]] == [ids[0]] and rest["has_more"] is False
     for bad in ("limit=101", "limit=0", "after=batch_unknown"):
         assert api.status.get(f"/v1/batches?{bad}", headers=api.auth["acme"]).status_code == 400, bad
+
+
+def test_a_form_part_without_a_name_is_a_400(api: Api) -> None:
+    boundary = "b0undary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data\r\n\r\nbatch\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n"
+            f"{LINE.decode()}\r\n--{boundary}--\r\n").encode()
+    response = api.file_fn.post("/v1/files", data=body, headers=api.auth["acme"],
+                                content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "invalid_multipart"
+    assert api.files.records == {} and api.contents.objects == {}

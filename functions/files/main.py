@@ -91,6 +91,9 @@ def _upload(request: flask.Request, tenant: str) -> dict[str, Any]:
         service.discard(uri)
         raise InvalidRequest("the file goes in one part named `file`", code="invalid_multipart",
                              details=[{"field": "file", "code": "invalid", "message": "one part named file"}])
+    if any(not name for name in form):
+        service.discard(uri)
+        raise InvalidRequest("every part of the form needs a name", code="invalid_multipart")
     duplicates = sorted(name for name in form if len(form.getlist(name)) > 1)
     if duplicates:
         service.discard(uri)
