@@ -40,6 +40,7 @@ DEFAULT_EXPIRY_SECONDS = MAX_EXPIRY_SECONDS
 MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT = 10_000, 10_000  # OpenAI's: limit 1 to 10,000, default 10,000
 MAX_FILENAME = 512
 _FILE_ID = re.compile(r"^file-[A-Za-z0-9_-]{1,64}$")
+_DIGITS = re.compile(r"^[0-9]{1,9}$")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 class FileRecord(BaseModel):
@@ -210,7 +211,7 @@ class FileService:
         if anchor is not None and raw_seconds is not None:
             if anchor != "created_at":
                 raise _invalid("expires_after[anchor]", "the only anchor is \"created_at\"", "unsupported_value")
-            if not raw_seconds.isdigit() or not MIN_EXPIRY_SECONDS <= int(raw_seconds) <= MAX_EXPIRY_SECONDS:
+            if not _DIGITS.match(raw_seconds) or not MIN_EXPIRY_SECONDS <= int(raw_seconds) <= MAX_EXPIRY_SECONDS:
                 raise _invalid("expires_after[seconds]",
                                f"seconds must be {MIN_EXPIRY_SECONDS} to {MAX_EXPIRY_SECONDS}", "out_of_range")
             seconds = int(raw_seconds)

@@ -112,6 +112,8 @@ def test_delete_removes_the_record_and_the_bytes(api: Api) -> None:
     ({"expires_after[anchor]": "now", "expires_after[seconds]": "3600"}, "expires_after[anchor]", "unsupported_value"),
     ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}, "expires_after[seconds]", "out_of_range"),
     ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "x"}, "expires_after[seconds]", "out_of_range"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600²"}, "expires_after[seconds]",
+     "out_of_range"),
     ({"colour": "blue"}, "colour", "unsupported_parameter"),
 ])
 def test_a_bad_form_is_a_400_naming_the_field_and_leaves_nothing(api: Api, form: dict[str, str | None], field: str,
@@ -175,7 +177,7 @@ def test_files_are_listed_a_page_at_a_time_in_either_order(api: Api) -> None:
     assert [f["id"] for f in rest["data"]] == ids[2::-1] and rest["has_more"] is False
     assert [f["id"] for f in page(order="asc", limit=3)["data"]] == ids[:3]
     assert page(purpose="batch_output")["data"] == []
-    for bad in ({"limit": 0}, {"limit": "x"}, {"order": "up"}, {"after": "file-unknown"}):
+    for bad in ({"limit": 0}, {"limit": "x"}, {"limit": "²"}, {"order": "up"}, {"after": "file-unknown"}):
         assert api.file_fn.get("/v1/files", query_string=bad, headers=api.auth["acme"]).status_code == 400, bad
 
 

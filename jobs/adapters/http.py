@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ def int_arg(request: flask.Request, name: str) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 9:
+    if not re.fullmatch(r"[0-9]{1,9}", raw):  # ASCII digits: str.isdigit() also takes "²", which int() refuses
         raise InvalidRequest(f"{name} must be a whole number", details=[
             {"field": name, "code": "invalid", "message": "a whole number"}])
     return int(raw)
