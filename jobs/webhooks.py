@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
@@ -125,6 +126,9 @@ def new_secret() -> str:
 
 def new_endpoint_id() -> str:
     return f"we_{uuid.uuid4().hex}"
+
+
+_ENDPOINT_ID = re.compile(r"^we_[0-9a-f]{32}$")
 
 
 def rotated(endpoint: WebhookEndpoint, *, secret: str, now: datetime, overlap: timedelta) -> WebhookEndpoint:
@@ -320,7 +324,7 @@ class EndpointService:
         return endpoint.view(secret=secret)
 
     def get(self, endpoint_id: str, *, tenant: str) -> WebhookEndpoint:
-        endpoint = self._store.get(endpoint_id) if endpoint_id.startswith("we_") and len(endpoint_id) < 80 else None
+        endpoint = self._store.get(endpoint_id) if _ENDPOINT_ID.match(endpoint_id) else None
         if endpoint is None or endpoint.tenant != tenant:
             raise NotFound(f"webhook endpoint {endpoint_id[:80]} not found")
         return endpoint

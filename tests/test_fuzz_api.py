@@ -105,7 +105,8 @@ def test_fuzzed_api_never_fails_and_conforms(stack: Stack, db: Any) -> None:
 
 _RESERVED_FIELD = st.from_regex(r"\A__[A-Za-z0-9_-]{0,16}__\Z")
 _DOCUMENT_ID = st.one_of(
-    st.sampled_from(["__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "file-" + "0" * 32, "a" * 1600,
+    st.sampled_from(["__x__", "__name__", "job_" + "0" * 32, "batch_" + "0" * 32, "file-" + "0" * 32, "we_" + "0" * 32,
+                     "we_a/b", "a" * 1600,
                      "%", "\\"]),
     _RESERVED_FIELD,
     st.text(min_size=1, max_size=200),
@@ -150,7 +151,10 @@ def test_hostile_names_are_refused_with_a_4xx_and_write_nothing(stack: Stack, db
                                 ("GET", f"{status}/v1/batches/{segment}"),
                                 ("POST", f"{submit}/v1/batches/{segment}/cancel"),
                                 ("GET", f"{files}/v1/files/{segment}"), ("GET", f"{files}/v1/files/{segment}/content"),
-                                ("DELETE", f"{files}/v1/files/{segment}")):
+                                ("DELETE", f"{files}/v1/files/{segment}"),
+                                ("GET", f"{status}/v1/webhook_endpoints/{segment}"),
+                                ("DELETE", f"{submit}/v1/webhook_endpoints/{segment}"),
+                                ("POST", f"{submit}/v1/webhook_endpoints/{segment}/rotate_secret")):
                 record("document id", client.request(method, url), {404})
             body = {"input_file_id": raw, "endpoint": "/v1/completions"}
             record("input file id", client.post(f"{submit}/v1/batches", json=body), {400})
