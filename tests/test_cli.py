@@ -67,8 +67,9 @@ def test_errors_exit_non_zero_with_the_reason_on_stderr(stack: Stack) -> None:
     missing = llmq(stack, "get", f"job_{uuid.uuid4().hex}")
     assert missing.exit_code == 1 and "not_found" in missing.stderr
 
-    # Greedy (temperature 0), so no early end-of-sequence: about 10 s of generation, long enough to cancel it.
-    job = json.loads(llmq(stack, "submit", "A long story begins:", "--max-tokens", "2500", "--temperature", "0",
+    # Greedy (temperature 0), so no early end-of-sequence, and long: 2500 tokens took 6.5 s under the full suite,
+    # as long as the cancel took to arrive; 7000 leave it tens of seconds.
+    job = json.loads(llmq(stack, "submit", "A long story begins:", "--max-tokens", "7000", "--temperature", "0",
                           "--json").stdout)
     cancelled = llmq(stack, "cancel", job["id"])
     assert cancelled.exit_code == 0 and cancelled.stdout.strip() == f"{job['id']} cancelled"

@@ -20,7 +20,7 @@ from scripts.stack_client import Stack
 from tests.batch_helpers import chat_line, completion_line, jsonl
 
 # A job long enough to be cancelled before it ends (~10 s of generation on the local stack); cancelled at once.
-LONG_TOKENS = 2500
+LONG_TOKENS = 7000  # greedy, tens of seconds of generation: a cancel always comes first, even under load
 WAIT = 120.0
 # Prompts of a few tokens at least: on a freshly started engine, a first request of a 2-token completion prompt
 # ("Hello" or "Hi") kills vLLM's CPU worker (SIGILL), every time (a platform issue, reported with issue 15).
@@ -105,8 +105,10 @@ def test_cancel_and_models_and_errors(stack: Stack, client: llmq.Client) -> None
     assert bad.value.code == "unsupported_parameter" and bad.value.details[0]["field"] == "frequency"
     with llmq.Client(stack.info["api_url"], "llmq_not_a_key") as stranger, pytest.raises(llmq.AuthenticationError):
         stranger.models()
+    long = client.submit("A long story begins:", max_tokens=LONG_TOKENS, temperature=0)
     with pytest.raises(llmq.WaitTimeoutError):
-        client.wait(client.submit("A long story begins:", max_tokens=LONG_TOKENS, temperature=0).id, timeout=0.5)
+        client.wait(long.id, timeout=0.5)
+    client.cancel(long.id)  # not left generating for nobody
 
 
 def test_map_bounds_concurrency_and_a_rerun_submits_nothing_again(client: llmq.Client) -> None:
