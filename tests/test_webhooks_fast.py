@@ -188,8 +188,9 @@ def test_rotation_signs_with_both_secrets_during_the_overlap() -> None:
     endpoint = rotated(old, secret=new_secret, now=NOW, overlap=timedelta(hours=1))
     assert endpoint.signing_secrets(NOW) == [new_secret, old.secrets[0].value]
     assert endpoint.signing_secrets(NOW + timedelta(hours=2)) == [new_secret]
+    # A delivery now, within an overlap that started now (signatures carry the real time, which receivers check).
     d = Delivery(resolve=resolving(PUBLIC))
-    d.endpoints.create(endpoint)
+    d.endpoints.create(rotated(old, secret=new_secret, now=datetime.now(UTC), overlap=timedelta(hours=1)))
     d.deliverer.deliver(d.message)
     sent = d.transport.requests[0]
     assert len(sent.headers["webhook-signature"].split(" ")) == 2
