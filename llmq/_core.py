@@ -20,6 +20,12 @@ RETRY_STATUSES = frozenset({429, 502, 503})
 MAX_RETRY_AFTER_SECONDS = 60.0
 SERVER_MAX_WAIT_SECONDS = 60.0  # the status function holds `?wait` at most this long
 LISTENER_RECHECK_SECONDS = 10.0  # a listener can miss a change (the emulator's under load): read now and then
+
+
+def recheck_seconds(remaining: float | None) -> float:
+    """How long to wait for a listener's wake-up before reading the job anyway: the recheck interval, or the
+    time left (None: no deadline) if that is shorter."""
+    return LISTENER_RECHECK_SECONDS if remaining is None else min(remaining, LISTENER_RECHECK_SECONDS)
 POLL_MIN_SECONDS, POLL_MAX_SECONDS = 0.25, 2.0
 USER_AGENT = "llmq-python"
 

@@ -4,6 +4,7 @@ async iterators)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -103,12 +104,7 @@ class AsyncClient:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise WaitTimeoutError(job_id, timeout or 0)
-                    try:
-                        await asyncio.wait_for(changed.wait(), _core.LISTENER_RECHECK_SECONDS if remaining is None
-                                               else min(remaining, _core.LISTENER_RECHECK_SECONDS))
-                    except TimeoutError:
-                        pass
-                    changed.clear()
+                    await _until_changed(changed, remaining)
                     job = await self.get(job_id)
                 return job
             finally:
@@ -151,12 +147,7 @@ class AsyncClient:
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeoutError(job_id, timeout or 0)
                 if changed is not None:
-                    try:
-                        await asyncio.wait_for(changed.wait(), _core.LISTENER_RECHECK_SECONDS if remaining is None
-                                               else min(remaining, _core.LISTENER_RECHECK_SECONDS))
-                    except TimeoutError:
-                        pass
-                    changed.clear()
+                    await _until_changed(changed, remaining)
                 else:
                     await asyncio.sleep(pause if remaining is None else min(pause, remaining))
                     pause = min(pause * 2, _core.POLL_MAX_SECONDS)
@@ -235,3 +226,10 @@ class AsyncClient:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+async def _until_changed(changed: asyncio.Event, remaining: float | None) -> None:
+    """Wait for the listener's wake-up, at most until the recheck (a change it missed is read anyway)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(changed.wait(), _core.recheck_seconds(remaining))
+    changed.clear()

@@ -149,8 +149,7 @@ class Client:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise WaitTimeoutError(job_id, timeout or 0)
-                final.wait(_core.LISTENER_RECHECK_SECONDS if remaining is None
-                           else min(remaining, _core.LISTENER_RECHECK_SECONDS))
+                final.wait(_core.recheck_seconds(remaining))
                 job = self.get(job_id)  # the view over HTTP, once final (or as the recheck)
             return job
         finally:
@@ -182,8 +181,7 @@ class Client:
                     raise WaitTimeoutError(job_id, timeout or 0)
                 if changed is not None:
                     # The listener wakes us on a change; the recheck covers a change it missed.
-                    changed.wait(_core.LISTENER_RECHECK_SECONDS if remaining is None
-                                 else min(remaining, _core.LISTENER_RECHECK_SECONDS))
+                    changed.wait(_core.recheck_seconds(remaining))
                     changed.clear()
                 else:
                     time.sleep(pause if remaining is None else min(pause, remaining))
