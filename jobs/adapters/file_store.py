@@ -3,6 +3,7 @@ both ways (an upload goes to GCS in resumable chunks as it arrives; a download i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -14,12 +15,13 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from jobs.adapters.batch_files import Location
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT
-from jobs.adapters.google_errors import CLIENT_ERRORS
+from jobs.adapters.google_errors import unavailable_as
 from jobs.constants import FILES_COLLECTION
 from jobs.errors import DependencyUnavailable, NotFound, PayloadTooLarge
 from jobs.files import FilePage, FileRecord
 
 CHUNK_BYTES = 1024 * 1024  # a multiple of 256 KiB, as resumable uploads require
+_STORE_DOWN, _BUCKET_DOWN = "the file store is unavailable", "the file bucket is unavailable"
 
 
 class FirestoreFileStore:
@@ -27,32 +29,26 @@ class FirestoreFileStore:
         self._files = client.collection(collection)
 
     def create(self, record: FileRecord) -> bool:
-        try:
-            self._files.document(record.id).create(record.model_dump(mode="python"), timeout=TIMEOUT, retry=RETRY)
-        except gexc.Conflict:
-            return False
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file store is unavailable") from err
+        with unavailable_as(_STORE_DOWN):
+            try:
+                self._files.document(record.id).create(record.model_dump(mode="python"), timeout=TIMEOUT,
+                                                       retry=RETRY)
+            except gexc.Conflict:
+                return False
         return True
 
     def put(self, record: FileRecord) -> None:
-        try:
+        with unavailable_as(_STORE_DOWN):
             self._files.document(record.id).set(record.model_dump(mode="python"), timeout=TIMEOUT, retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file store is unavailable") from err
 
     def get(self, file_id: str) -> FileRecord | None:
-        try:
+        with unavailable_as(_STORE_DOWN):
             snapshot = self._files.document(file_id).get(timeout=TIMEOUT, retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file store is unavailable") from err
         return FileRecord.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def delete(self, file_id: str) -> None:
-        try:
+        with unavailable_as(_STORE_DOWN):
             self._files.document(file_id).delete(timeout=TIMEOUT, retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file store is unavailable") from err
 
     def list(self, tenant: str, *, purpose: str | None, limit: int, after: FileRecord | None,
              newest_first: bool) -> FilePage:
@@ -66,11 +62,9 @@ class FirestoreFileStore:
         if after is not None:
             query = query.start_after({"created_at": after.created_at,
                                        FieldPath.document_id(): self._files.document(after.id)})
-        try:
+        with unavailable_as(_STORE_DOWN):
             records = [FileRecord.model_validate(s.to_dict())
                        for s in query.limit(limit + 1).stream(timeout=TIMEOUT, retry=RETRY)]
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file store is unavailable") from err
         return FilePage(records[:limit], has_more=len(records) > limit)
 
 
@@ -90,37 +84,29 @@ class GcsContents:
     def chunks(self, uri: str) -> Iterator[bytes]:
         """Read lazily: the first chunk's read raises NotFound or DependencyUnavailable; a failure after it
         can only cut the answer short."""
-        try:
-            with self._blob(uri).open("rb", chunk_size=CHUNK_BYTES) as reader:
-                while chunk := reader.read(CHUNK_BYTES):
-                    yield chunk
-        except gexc.NotFound:
-            raise NotFound("the file's content is gone", code="file_not_found") from None
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file bucket is unavailable") from err
+        with unavailable_as(_BUCKET_DOWN):
+            try:
+                with self._blob(uri).open("rb", chunk_size=CHUNK_BYTES) as reader:
+                    while chunk := reader.read(CHUNK_BYTES):
+                        yield chunk
+            except gexc.NotFound:
+                raise NotFound("the file's content is gone", code="file_not_found") from None
 
     def size(self, uri: str) -> int | None:
-        try:
-            blob = self._storage.bucket(Location.parse(uri).bucket).get_blob(Location.parse(uri).name)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file bucket is unavailable") from err
+        location = Location.parse(uri)
+        with unavailable_as(_BUCKET_DOWN):
+            blob = self._storage.bucket(location.bucket).get_blob(location.name)
         return None if blob is None else int(blob.size)
 
     def mark_expiry(self, uri: str, expire_at: datetime) -> None:
         blob = self._blob(uri)
         blob.custom_time = expire_at
-        try:
+        with unavailable_as(_BUCKET_DOWN):
             blob.patch()
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file bucket is unavailable") from err
 
     def delete(self, uri: str) -> None:
-        try:
+        with unavailable_as(_BUCKET_DOWN), contextlib.suppress(gexc.NotFound):
             self._blob(uri).delete()
-        except gexc.NotFound:
-            pass
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file bucket is unavailable") from err
 
 
 class GcsWriter:
@@ -138,24 +124,23 @@ class GcsWriter:
             self.abort()
             raise PayloadTooLarge(f"a file may be at most {self._max} bytes")
         try:
-            if self._stream is None:
-                self._stream = self._blob.open("wb", chunk_size=CHUNK_BYTES, ignore_flush=True,
-                                               content_type="application/octet-stream")
-            self._stream.write(data)
-        except CLIENT_ERRORS as err:
+            with unavailable_as(_BUCKET_DOWN):
+                if self._stream is None:
+                    self._stream = self._blob.open("wb", chunk_size=CHUNK_BYTES, ignore_flush=True,
+                                                   content_type="application/octet-stream")
+                self._stream.write(data)
+        except DependencyUnavailable:
             self.abort()
-            raise DependencyUnavailable("the file bucket is unavailable") from err
+            raise
         self.written += len(data)
         return len(data)
 
     def finish(self) -> None:
-        try:
+        with unavailable_as(_BUCKET_DOWN):
             if self._stream is None:  # an empty file
                 self._blob.upload_from_string(b"", content_type="application/octet-stream")
             else:
                 self._stream.close()
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the file bucket is unavailable") from err
 
     def abort(self) -> None:
         # An unfinished resumable session creates no object (Cloud Storage drops it after a week).

@@ -13,10 +13,12 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from jobs.adapters.firestore_writes import RETRY, TIMEOUT, conditional_update
-from jobs.adapters.google_errors import CLIENT_ERRORS
+from jobs.adapters.google_errors import unavailable_as
 from jobs.constants import WEBHOOK_ENDPOINTS_COLLECTION
 from jobs.errors import DependencyUnavailable
 from jobs.webhooks import DeliveryMessage, WebhookEndpoint
+
+_DOWN = "the webhook store is unavailable"
 
 
 class FirestoreEndpointStore:
@@ -25,31 +27,23 @@ class FirestoreEndpointStore:
         self._endpoints = client.collection(collection)
 
     def create(self, endpoint: WebhookEndpoint) -> None:
-        try:
+        with unavailable_as(_DOWN):
             self._endpoints.document(endpoint.id).create(endpoint.model_dump(mode="python"), timeout=TIMEOUT,
                                                          retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the webhook store is unavailable") from err
 
     def get(self, endpoint_id: str) -> WebhookEndpoint | None:
-        try:
+        with unavailable_as(_DOWN):
             snapshot = self._endpoints.document(endpoint_id).get(timeout=TIMEOUT, retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the webhook store is unavailable") from err
         return WebhookEndpoint.model_validate(snapshot.to_dict()) if snapshot.exists else None
 
     def delete(self, endpoint_id: str) -> None:
-        try:
+        with unavailable_as(_DOWN):
             self._endpoints.document(endpoint_id).delete(timeout=TIMEOUT, retry=RETRY)
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the webhook store is unavailable") from err
 
     def list(self, tenant: str) -> list[WebhookEndpoint]:
         query = self._endpoints.where(filter=FieldFilter("tenant", "==", tenant))
-        try:
+        with unavailable_as(_DOWN):
             return [WebhookEndpoint.model_validate(s.to_dict()) for s in query.stream(timeout=TIMEOUT, retry=RETRY)]
-        except CLIENT_ERRORS as err:
-            raise DependencyUnavailable("the webhook store is unavailable") from err
 
     def update(self, endpoint_id: str,
                mutate: Callable[[WebhookEndpoint], WebhookEndpoint | None]) -> WebhookEndpoint | None:
